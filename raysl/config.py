@@ -1,0 +1,341 @@
+"""The one typed config: data, augmentation, model, loss terms, optimizer, evaluation, checkpoints.
+
+Every leaf has one dotted key (`optim.lr`, `loss.infonce.temperature`). The same key is used
+by `--set` on the command line, by `search:` in search-space files, as the Tune parameter
+name and as the MLflow param. Unknown keys, wrong types and out-of-range values are errors
+that name the file, the line and what is allowed (`load_run_file`).
+
+Units: `optim.lr` is per 256 images of the *global* batch; epochs and `*_epochs` are epochs
+of the training split; probabilities are in [0, 1].
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+
+from raysl.errors import ConfigError, Problem
+from raysl.losses import LOSSES
+from raysl.losses.base import CONTEXT
+from raysl.yamlio import flatten, merge, read_yaml, unflatten
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+Probability = Annotated[float, Field(ge=0, le=1)]
+
+SOURCES = ("synthetic", "digits", "fashion_mnist", "cifar10", "cifar100", "stl10", "imagefolder", "parquet")
+Source = Literal["synthetic", "digits", "fashion_mnist", "cifar10", "cifar100", "stl10", "imagefolder", "parquet"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class SyntheticConfig(_Strict):
+    """Procedural images with class structure (for tests and smoke runs)."""
+
+    num_classes: PositiveInt = 10
+    num_samples: PositiveInt = 2048  # training images; val and test get a quarter each
+    image_size: Annotated[int, Field(ge=8)] = 16
+    channels: Literal[1, 3] = 3
+
+
+class DataConfig(_Strict):
+    source: Source = "digits"
+    root: str | None = None  # data directory; None = the source's default location
+    download: bool = False  # let torchvision download cifar10/cifar100/stl10 (needs network)
+    batch_size: PositiveInt = 256  # global batch, split evenly over workers
+    val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1  # held out of train for monitoring
+    train_limit: PositiveInt | None = None  # keep only the first N training images
+    image_size: PositiveInt | None = None  # resize at load (imagefolder/parquet); None = native
+    on_device: Literal["auto", "always", "never"] = "auto"  # keep uint8 images on the GPU
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+
+class AugmentConfig(_Strict):
+    """Batched augmentation on the training device; a preset plus optional overrides.
+
+    Presets (`raysl/augment/presets.py`): simclr, mocov2, byol (asymmetric), weak_strong
+    (CMSF: weak target view, strong query view), supcon, crop_flip, none. An override that is
+    set applies to every view.
+    """
+
+    preset: Literal["simclr", "mocov2", "byol", "weak_strong", "supcon", "crop_flip", "none"] = "simclr"
+    views: PositiveInt = 2  # views per image (V)
+    size: PositiveInt | None = None  # output side in pixels; None = the image side
+    crop_min_scale: Annotated[float, Field(gt=0, le=1)] | None = None  # random resized crop
+    jitter_strength: NonNegativeFloat | None = None  # multiplies the preset's jitter magnitudes
+    jitter_prob: Probability | None = None
+    grayscale_prob: Probability | None = None
+    blur_prob: Probability | None = None
+    solarize_prob: Probability | None = None
+    flip_prob: Probability | None = None
+
+
+class ModelConfig(_Strict):
+    backbone: Literal["convnet", "resnet18", "resnet34", "resnet50"] = "convnet"
+    stem: Literal["auto", "cifar", "imagenet"] = "auto"  # auto: 3x3 stride-1 stem below 100 px
+    width: PositiveInt = 32  # convnet: channels of the first stage, doubled per stage
+    proj_hidden_dim: PositiveInt = 512
+    proj_dim: PositiveInt = 128  # D: the embedding the losses see
+    proj_layers: Annotated[int, Field(ge=1, le=4)] = 2
+    pred_hidden_dim: PositiveInt = 512  # predictor MLP, built only when a term needs it
+    sync_bn: bool = True  # batch-norm statistics over the global batch when distributed
+    ema_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.99  # EMA target momentum at step 0
+    ema_schedule: Literal["cosine", "constant"] = "cosine"  # cosine: momentum -> 1 at the end
+
+
+class OptimConfig(_Strict):
+    name: Literal["sgd", "lars", "adamw"] = "sgd"
+    lr: PositiveFloat = 0.3  # per 256 images of the global batch (see lr_scaling)
+    lr_scaling: Literal["linear", "sqrt", "none"] = "linear"  # lr x (B/256) or x sqrt(B/256)
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9  # SGD/LARS momentum; AdamW beta1
+    weight_decay: NonNegativeFloat = 5e-4  # not applied to biases and norm layers
+    warmup_epochs: NonNegativeFloat = 0.0  # linear warm-up from 0
+    schedule: Literal["cosine", "constant"] = "cosine"
+    min_lr_ratio: Probability = 0.0  # cosine ends at lr x min_lr_ratio
+    lars_trust: PositiveFloat = 0.001  # LARS trust coefficient η
+
+
+class EvalConfig(_Strict):
+    knn_k: PositiveInt = 200  # weighted cosine kNN (Wu et al., 2018)
+    knn_temperature: PositiveFloat = 0.1
+    every: PositiveInt = 1  # epochs between kNN evaluations (the last epoch always)
+    bank_limit: PositiveInt | None = None  # at most N training images in the kNN bank
+    batch_size: PositiveInt = 1024  # images per forward pass when extracting features
+    linear_probe: bool = False  # at the end: linear classifier on frozen features
+    probe_epochs: PositiveInt = 100
+    probe_lr: PositiveFloat = 0.1  # Adam on standardised features
+    test: bool = True  # at the end: kNN (and probe) on the test split, reported, never tuned on
+
+
+class CheckpointConfig(_Strict):
+    every: PositiveInt = 1  # epochs between checkpoints (the last epoch always)
+    keep: PositiveInt = 2  # newest checkpoints kept on disk
+
+
+def _term_config(name: str, cls: type) -> type[BaseModel]:
+    """A strict model for `loss.<name>` built from the term's constructor signature."""
+    hints = typing.get_type_hints(cls.__init__, include_extras=True)
+    fields: dict[str, Any] = {
+        "weight": (NonNegativeFloat, 1.0),
+        "ramp_from": (NonNegativeFloat | None, None),
+        "ramp_start": (NonNegativeFloat, 0.0),
+        "ramp_end": (NonNegativeFloat, 0.0),
+    }
+    for param in inspect.signature(cls).parameters.values():
+        if param.name in CONTEXT:
+            continue
+        default = ... if param.default is inspect.Parameter.empty else param.default
+        fields[param.name] = (hints.get(param.name, Any), default)
+
+    def check_ramp(self: Any) -> Any:
+        if self.ramp_end < self.ramp_start:
+            raise ValueError(f"ramp_end ({self.ramp_end}) must be >= ramp_start ({self.ramp_start})")
+        return self
+
+    return create_model(  # type: ignore[call-overload]
+        f"loss.{name}",
+        __config__=_Strict.model_config,
+        __doc__=(cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else None,
+        __validators__={"check_ramp": model_validator(mode="after")(check_ramp)},
+        **fields,
+    )
+
+
+TERM_CONFIGS: dict[str, type[BaseModel]] = {name: _term_config(name, cls) for name, cls in LOSSES.items()}
+
+
+def _check_some_weight(self: Any) -> Any:
+    active = [
+        name
+        for name in TERM_CONFIGS
+        if (term := getattr(self, name)) is not None and (term.weight > 0 or (term.ramp_from or 0) > 0)
+    ]
+    if not active:
+        raise ValueError(f"no loss term has a weight > 0; set e.g. loss.infonce.weight: 1 (terms: {', '.join(LOSSES)})")
+    return self
+
+
+LossConfig: type[BaseModel] = create_model(  # type: ignore[call-overload]
+    "LossConfig",
+    __config__=_Strict.model_config,
+    __validators__={"check_some_weight": model_validator(mode="after")(_check_some_weight)},
+    **{name: (model | None, None) for name, model in TERM_CONFIGS.items()},
+)
+
+
+class Config(_Strict):
+    seed: int = 0
+    epochs: PositiveInt = 10
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA
+    compile: bool = False  # torch.compile the online network
+    log_every: PositiveInt = 20  # steps between progress updates and step records
+    data: DataConfig = DataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = Field(default_factory=lambda: LossConfig(infonce={}))  # type: ignore[valid-type]
+    optim: OptimConfig = OptimConfig()
+    eval: EvalConfig = EvalConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+
+    # ---- dotted keys --------------------------------------------------------------------
+    def to_flat(self) -> dict[str, Any]:
+        """`{"optim.lr": 0.3, "loss.infonce.temperature": 0.2, ...}`; absent terms and None left out."""
+        return {k: v for k, v in flatten(self.model_dump(exclude_none=True)).items()}
+
+    @classmethod
+    def from_flat(cls, flat: Mapping[str, Any], where: str = "--set") -> Config:
+        return validate(unflatten(flat), where=where)
+
+    def override(self, flat: Mapping[str, Any], where: str = "--set") -> Config:
+        """A copy with dotted overrides applied, validated; errors name `where`."""
+        if not flat:
+            return self
+        return validate(merge(self.model_dump(exclude_none=True), unflatten(flat)), where=where)
+
+    def active_terms(self) -> dict[str, dict[str, Any]]:
+        """`cfg.loss` as a plain dict of the terms that are present."""
+        return {k: v for k, v in self.loss.model_dump().items() if v is not None}
+
+
+# ---- validation with messages people can act on ---------------------------------------
+def validate(raw: Mapping[str, Any], where: str = "", lines: Mapping[str, int] | None = None, prefix: str = "") -> Config:
+    """Validate a nested config dict; every error names the dotted key, `where` and the line."""
+    try:
+        return Config.model_validate(dict(raw))
+    except ValidationError as exc:
+        problems = [_problem(error, where, lines or {}, prefix) for error in exc.errors()]
+        raise ConfigError(problems) from None
+
+
+def _problem(error: Mapping[str, Any], where: str, lines: Mapping[str, int], prefix: str) -> Problem:
+    loc = [str(part) for part in error["loc"] if not str(part).startswith("function-")]
+    loc = [part for part in loc if not part.startswith(("constrained-", "union[", "nullable["))]
+    key = ".".join(loc)
+    line = _line_of(prefix + key, lines)
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        parent, _, leaf = key.rpartition(".")
+        allowed = allowed_keys(parent)
+        close = difflib.get_close_matches(leaf, allowed, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        place = f"under '{parent}'" if parent else "at the top level"
+        what = "loss term" if parent == "loss" else "key"
+        return Problem(f"unknown {what}; {hint}allowed {place}: {', '.join(allowed)}", key=key, where=where, line=line)
+    message = error["msg"]
+    if kind.startswith("value_error"):
+        message = message.removeprefix("Value error, ")
+    elif "input" in error and kind != "missing":
+        message = f"{message} (got {error['input']!r})"
+    return Problem(message, key=key, where=where, line=line)
+
+
+def _line_of(key: str, lines: Mapping[str, int]) -> int | None:
+    while key:
+        if key in lines:
+            return lines[key]
+        key = key.rpartition(".")[0]
+    return None
+
+
+def allowed_keys(parent: str) -> list[str]:
+    """The keys allowed directly under a dotted prefix ('' = top level)."""
+    model: Any = Config
+    for part in filter(None, parent.split(".")):
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        candidates = [annotation, *typing.get_args(annotation)]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
+# ---- run files --------------------------------------------------------------------------
+SECTIONS = ("name", "description", "config", "search", "tune")
+
+
+@dataclass(frozen=True)
+class RunFile:
+    """A YAML run file: `name`, `config` (a Config), and the optional `search`/`tune` sections."""
+
+    path: Path
+    name: str
+    description: str
+    config: Config
+    search: dict[str, Any] | None
+    tune: dict[str, Any] | None
+    lines: dict[str, int]
+
+
+def load_run_file(path: str | Path, overrides: Mapping[str, Any] | None = None) -> RunFile:
+    """Read and validate a run/search-space file, then apply `--set` overrides.
+
+    Raises:
+        ConfigError: with one line per problem, each naming the file (or --set), the key
+            and the line.
+    """
+    path = Path(path)
+    where = str(path)
+    doc, lines = read_yaml(path)
+    unknown = [key for key in doc if key not in SECTIONS]
+    if unknown:
+        raise ConfigError(
+            [
+                Problem(f"unknown section; allowed: {', '.join(SECTIONS)}", key=key, where=where, line=lines.get(key))
+                for key in unknown
+            ]
+        )
+    name = doc.get("name", path.stem)
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(Problem("must be a non-empty string", key="name", where=where, line=lines.get("name")))
+    raw = doc.get("config") or {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            Problem("must be a mapping of config sections (data:, model:, loss:, ...)", key="config", where=where, line=lines.get("config"))
+        )
+    config = validate(raw, where=where, lines=lines, prefix="config.")
+    if overrides:
+        config = config.override(overrides)
+    sections = {}
+    for key in ("search", "tune"):
+        value = doc.get(key)
+        if value is not None and not isinstance(value, Mapping):
+            raise ConfigError(Problem("must be a mapping", key=key, where=where, line=lines.get(key)))
+        sections[key] = dict(value) if value is not None else None
+    return RunFile(
+        path=path,
+        name=name,
+        description=str(doc.get("description", "")),
+        config=config,
+        search=sections["search"],
+        tune=sections["tune"],
+        lines=lines,
+    )
+
+
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """`["optim.lr=0.1", "loss.infonce.temperature=0.5"]` -> dotted dict, values typed as YAML."""
+    from raysl.yamlio import parse_value
+
+    flat: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(Problem(f"expected KEY=VALUE with a dotted key, e.g. optim.lr=0.1 (got {item!r})", where="--set"))
+        flat[key] = parse_value(value)
+    return flat

@@ -1,0 +1,45 @@
+"""Loss terms: the registry and the builder of the weighted criterion."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from raysl.losses.base import CONTEXT, Criterion, LossTerm, Outputs, WeightSchedule
+from raysl.losses.infonce import InfoNCE
+
+# One explicit registry: the key is the module name, the config key and the metric name.
+LOSSES: dict[str, type[LossTerm]] = {
+    "infonce": InfoNCE,
+}
+
+SCHEDULE_KEYS = ("weight", "ramp_from", "ramp_start", "ramp_end")
+
+
+def build_criterion(spec: Mapping[str, Mapping[str, Any] | None], **context: Any) -> Criterion:
+    """Build the criterion from `cfg.loss` (term name -> {weight, ramp_*, term arguments}).
+
+    Terms whose weight is 0 at every epoch are dropped, and with them every model branch
+    only they needed. `context` (dim, num_classes, ...) reaches the terms that ask for it.
+    """
+    import inspect
+
+    terms: dict[str, LossTerm] = {}
+    schedules: dict[str, WeightSchedule] = {}
+    for name, params in spec.items():
+        if params is None:
+            continue
+        params = dict(params)
+        schedule = WeightSchedule(**{key: params.pop(key) for key in SCHEDULE_KEYS if key in params})
+        if schedule.always_zero:
+            continue
+        cls = LOSSES[name]
+        wanted = set(inspect.signature(cls).parameters) & CONTEXT
+        terms[name] = cls(**params, **{key: context[key] for key in wanted})
+        schedules[name] = schedule
+    if not terms:
+        raise ValueError("every loss term has weight 0; give at least one term a weight > 0")
+    return Criterion(terms, schedules)
+
+
+__all__ = ["LOSSES", "Criterion", "LossTerm", "Outputs", "WeightSchedule", "build_criterion"]
