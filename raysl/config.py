@@ -32,8 +32,19 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 Probability = Annotated[float, Field(ge=0, le=1)]
 
-SOURCES = ("synthetic", "digits", "fashion_mnist", "cifar10", "cifar100", "stl10", "imagefolder", "parquet")
-Source = Literal["synthetic", "digits", "fashion_mnist", "cifar10", "cifar100", "stl10", "imagefolder", "parquet"]
+SOURCES = (
+    "synthetic",
+    "digits",
+    "fashion_mnist",
+    "cifar10",
+    "cifar100",
+    "stl10",
+    "imagefolder",
+    "parquet",
+)
+Source = Literal[
+    "synthetic", "digits", "fashion_mnist", "cifar10", "cifar100", "stl10", "imagefolder", "parquet"
+]
 
 
 class _Strict(BaseModel):
@@ -44,7 +55,9 @@ class SyntheticConfig(_Strict):
     """Procedural images with class structure (for tests and smoke runs)."""
 
     num_classes: PositiveInt = 10
-    num_samples: PositiveInt = 2048  # training images; val and test get a quarter each
+    num_samples: PositiveInt = (
+        2048  # training images (val is val_fraction of them); test: a quarter
+    )
     image_size: Annotated[int, Field(ge=8)] = 16
     channels: Literal[1, 3] = 3
 
@@ -69,7 +82,9 @@ class AugmentConfig(_Strict):
     set applies to every view.
     """
 
-    preset: Literal["simclr", "mocov2", "byol", "weak_strong", "supcon", "crop_flip", "none"] = "simclr"
+    preset: Literal["simclr", "mocov2", "byol", "weak_strong", "supcon", "crop_flip", "none"] = (
+        "simclr"
+    )
     views: PositiveInt = 2  # views per image (V)
     size: PositiveInt | None = None  # output side in pixels; None = the image side
     crop_min_scale: Annotated[float, Field(gt=0, le=1)] | None = None  # random resized crop
@@ -140,7 +155,9 @@ def _term_config(name: str, cls: type) -> type[BaseModel]:
 
     def check_ramp(self: Any) -> Any:
         if self.ramp_end < self.ramp_start:
-            raise ValueError(f"ramp_end ({self.ramp_end}) must be >= ramp_start ({self.ramp_start})")
+            raise ValueError(
+                f"ramp_end ({self.ramp_end}) must be >= ramp_start ({self.ramp_start})"
+            )
         return self
 
     return create_model(  # type: ignore[call-overload]
@@ -152,17 +169,22 @@ def _term_config(name: str, cls: type) -> type[BaseModel]:
     )
 
 
-TERM_CONFIGS: dict[str, type[BaseModel]] = {name: _term_config(name, cls) for name, cls in LOSSES.items()}
+TERM_CONFIGS: dict[str, type[BaseModel]] = {
+    name: _term_config(name, cls) for name, cls in LOSSES.items()
+}
 
 
 def _check_some_weight(self: Any) -> Any:
     active = [
         name
         for name in TERM_CONFIGS
-        if (term := getattr(self, name)) is not None and (term.weight > 0 or (term.ramp_from or 0) > 0)
+        if (term := getattr(self, name)) is not None
+        and (term.weight > 0 or (term.ramp_from or 0) > 0)
     ]
     if not active:
-        raise ValueError(f"no loss term has a weight > 0; set e.g. loss.infonce.weight: 1 (terms: {', '.join(LOSSES)})")
+        raise ValueError(
+            f"no loss term has a weight > 0; set e.g. loss.infonce.weight: 1 (terms: {', '.join(LOSSES)})"
+        )
     return self
 
 
@@ -210,7 +232,12 @@ class Config(_Strict):
 
 
 # ---- validation with messages people can act on ---------------------------------------
-def validate(raw: Mapping[str, Any], where: str = "", lines: Mapping[str, int] | None = None, prefix: str = "") -> Config:
+def validate(
+    raw: Mapping[str, Any],
+    where: str = "",
+    lines: Mapping[str, int] | None = None,
+    prefix: str = "",
+) -> Config:
     """Validate a nested config dict; every error names the dotted key, `where` and the line."""
     try:
         return Config.model_validate(dict(raw))
@@ -219,7 +246,9 @@ def validate(raw: Mapping[str, Any], where: str = "", lines: Mapping[str, int] |
         raise ConfigError(problems) from None
 
 
-def _problem(error: Mapping[str, Any], where: str, lines: Mapping[str, int], prefix: str) -> Problem:
+def _problem(
+    error: Mapping[str, Any], where: str, lines: Mapping[str, int], prefix: str
+) -> Problem:
     loc = [str(part) for part in error["loc"] if not str(part).startswith("function-")]
     loc = [part for part in loc if not part.startswith(("constrained-", "union[", "nullable["))]
     key = ".".join(loc)
@@ -232,7 +261,12 @@ def _problem(error: Mapping[str, Any], where: str, lines: Mapping[str, int], pre
         hint = f"did you mean '{close[0]}'? " if close else ""
         place = f"under '{parent}'" if parent else "at the top level"
         what = "loss term" if parent == "loss" else "key"
-        return Problem(f"unknown {what}; {hint}allowed {place}: {', '.join(allowed)}", key=key, where=where, line=line)
+        return Problem(
+            f"unknown {what}; {hint}allowed {place}: {', '.join(allowed)}",
+            key=key,
+            where=where,
+            line=line,
+        )
     message = error["msg"]
     if kind.startswith("value_error"):
         message = message.removeprefix("Value error, ")
@@ -258,7 +292,9 @@ def allowed_keys(parent: str) -> list[str]:
             return []
         annotation = field.annotation
         candidates = [annotation, *typing.get_args(annotation)]
-        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        model = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
         if model is None:
             return []
     return list(model.model_fields)
@@ -295,17 +331,29 @@ def load_run_file(path: str | Path, overrides: Mapping[str, Any] | None = None) 
     if unknown:
         raise ConfigError(
             [
-                Problem(f"unknown section; allowed: {', '.join(SECTIONS)}", key=key, where=where, line=lines.get(key))
+                Problem(
+                    f"unknown section; allowed: {', '.join(SECTIONS)}",
+                    key=key,
+                    where=where,
+                    line=lines.get(key),
+                )
                 for key in unknown
             ]
         )
     name = doc.get("name", path.stem)
     if not isinstance(name, str) or not name.strip():
-        raise ConfigError(Problem("must be a non-empty string", key="name", where=where, line=lines.get("name")))
+        raise ConfigError(
+            Problem("must be a non-empty string", key="name", where=where, line=lines.get("name"))
+        )
     raw = doc.get("config") or {}
     if not isinstance(raw, Mapping):
         raise ConfigError(
-            Problem("must be a mapping of config sections (data:, model:, loss:, ...)", key="config", where=where, line=lines.get("config"))
+            Problem(
+                "must be a mapping of config sections (data:, model:, loss:, ...)",
+                key="config",
+                where=where,
+                line=lines.get("config"),
+            )
         )
     config = validate(raw, where=where, lines=lines, prefix="config.")
     if overrides:
@@ -314,7 +362,9 @@ def load_run_file(path: str | Path, overrides: Mapping[str, Any] | None = None) 
     for key in ("search", "tune"):
         value = doc.get(key)
         if value is not None and not isinstance(value, Mapping):
-            raise ConfigError(Problem("must be a mapping", key=key, where=where, line=lines.get(key)))
+            raise ConfigError(
+                Problem("must be a mapping", key=key, where=where, line=lines.get(key))
+            )
         sections[key] = dict(value) if value is not None else None
     return RunFile(
         path=path,
@@ -336,6 +386,11 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key or any(not part for part in key.split(".")):
-            raise ConfigError(Problem(f"expected KEY=VALUE with a dotted key, e.g. optim.lr=0.1 (got {item!r})", where="--set"))
+            raise ConfigError(
+                Problem(
+                    f"expected KEY=VALUE with a dotted key, e.g. optim.lr=0.1 (got {item!r})",
+                    where="--set",
+                )
+            )
         flat[key] = parse_value(value)
     return flat

@@ -34,7 +34,7 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456
 def parse_value(text: str) -> Any:
     """Type a command-line value the way YAML would (`0.1` -> float, `[1, 2]` -> list)."""
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        return yaml.load(text, Loader=_Loader)
     except yaml.YAMLError:
         return text
 
@@ -53,7 +53,7 @@ def read_yaml(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
     text = path.read_text(encoding="utf-8")
     try:
         node = yaml.compose(text, Loader=_Loader)
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -65,7 +65,11 @@ def read_yaml(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
         return {}, {}
     if not isinstance(data, Mapping):
         raise ConfigError(
-            Problem("the file must be a YAML mapping of sections (name:, config:, ...)", where=where, line=1)
+            Problem(
+                "the file must be a YAML mapping of sections (name:, config:, ...)",
+                where=where,
+                line=1,
+            )
         )
     lines: dict[str, int] = {}
     problems: list[Problem] = []

@@ -39,9 +39,21 @@ class _LazyGroup(click.Group):
 @click.group(
     cls=_LazyGroup,
     lazy={
-        "train": ("raysl.cli.train", "train", "Pretrain an encoder with one config (CPU, GPU or torchrun)."),
-        "data": ("raysl.cli.data", "data", "Inspect data sources and export them to Parquet shards."),
-        "config": ("raysl.cli.config", "config", "Print a resolved config as dotted keys, or its errors."),
+        "train": (
+            "raysl.cli.train",
+            "train",
+            "Pretrain an encoder with one config (CPU, GPU or torchrun).",
+        ),
+        "data": (
+            "raysl.cli.data",
+            "data",
+            "Inspect data sources and export them to Parquet shards.",
+        ),
+        "config": (
+            "raysl.cli.config",
+            "config",
+            "Print a resolved config as dotted keys, or its errors.",
+        ),
     },
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
@@ -60,7 +72,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="raysl", standalone_mode=False)
     except ConfigError as exc:
-        click.echo(f"error: {exc}" if len(exc.problems) == 1 else f"error: {len(exc.problems)} problems\n{exc}", err=True)
+        click.echo(
+            f"error: {exc}"
+            if len(exc.problems) == 1
+            else f"error: {len(exc.problems)} problems\n{exc}",
+            err=True,
+        )
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

@@ -30,7 +30,9 @@ def build_criterion(spec: Mapping[str, Mapping[str, Any] | None], **context: Any
         if params is None:
             continue
         params = dict(params)
-        schedule = WeightSchedule(**{key: params.pop(key) for key in SCHEDULE_KEYS if key in params})
+        schedule = WeightSchedule(
+            **{key: params.pop(key) for key in SCHEDULE_KEYS if key in params}
+        )
         if schedule.always_zero:
             continue
         cls = LOSSES[name]

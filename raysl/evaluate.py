@@ -1,0 +1,140 @@
+"""Evaluation of frozen features: weighted cosine kNN and a linear probe.
+
+kNN follows Wu et al. (2018, arXiv:1805.01978, eq. 7): the k nearest bank features by cosine
+similarity vote for their class with weight exp(s / T). raysl's default (k=200, T=0.1) is the
+setting of `../shared/measured.md`'s raw-pixel anchors, which learned features must beat.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from raysl import distributed
+
+
+@torch.no_grad()
+def extract_features(
+    backbone: nn.Module,
+    images: Tensor,
+    transform: Callable[[Tensor], Tensor],
+    batch_size: int,
+    device: torch.device,
+    autocast: bool = False,
+) -> Tensor:
+    """Pooled backbone features of every image, L2-normalised, on the CPU.
+
+    Under torch.distributed each rank embeds a contiguous shard and the shards are gathered,
+    so every rank returns the features of all `images` in order.
+
+    Args:
+        images: (N, C, H, W) uint8 on the CPU or on `device`.
+        transform: uint8 images -> normalised float images (the deterministic eval view).
+
+    Returns:
+        (N, F) float32.
+    """
+    was_training = backbone.training
+    backbone.eval()
+    rank, world = distributed.rank(), distributed.world_size()
+    per_rank = -(-len(images) // world)
+    shard = images[rank * per_rank : (rank + 1) * per_rank]
+    feats = []
+    for start in range(0, len(shard), batch_size):
+        x = transform(shard[start : start + batch_size].to(device, non_blocking=True))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            h = backbone(x)
+        feats.append(F.normalize(h.float(), dim=1))
+    width = backbone.feature_dim  # an empty shard still takes part in the gather
+    local = torch.cat(feats) if feats else torch.zeros(0, width, device=device)
+    local = distributed.all_gather_uneven(local.contiguous())
+    backbone.train(was_training)
+    return local.cpu()
+
+
+@torch.no_grad()
+def knn_predict(
+    bank: Tensor,
+    bank_labels: Tensor,
+    queries: Tensor,
+    num_classes: int,
+    k: int = 200,
+    temperature: float = 0.1,
+    chunk: int = 1024,
+) -> Tensor:
+    """Weighted cosine kNN class predictions.
+
+    Args:
+        bank: (N, F) L2-normalised features with labels `bank_labels` (N,).
+        queries: (Q, F) L2-normalised features.
+
+    Returns:
+        (Q,) predicted labels.
+    """
+    k = min(k, len(bank))
+    preds = []
+    for start in range(0, len(queries), chunk):
+        sim = queries[start : start + chunk] @ bank.T  # (q, N)
+        top_sim, top_idx = sim.topk(k, dim=1)  # (q, k)
+        weights = (top_sim / temperature).exp()
+        votes = torch.zeros(len(sim), num_classes, dtype=weights.dtype, device=weights.device)
+        votes.scatter_add_(1, bank_labels[top_idx], weights)  # (q, C)
+        preds.append(votes.argmax(dim=1))
+    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+
+
+def knn_top1(
+    bank: Tensor,
+    bank_labels: Tensor,
+    queries: Tensor,
+    query_labels: Tensor,
+    num_classes: int,
+    k: int,
+    temperature: float,
+) -> float:
+    """Top-1 accuracy (%) of `knn_predict`; bank entries with label -1 are left out."""
+    known = bank_labels >= 0
+    preds = knn_predict(bank[known], bank_labels[known], queries, num_classes, k, temperature)
+    return 100.0 * (preds == query_labels).float().mean().item()
+
+
+def linear_probe(
+    train: Tensor,
+    train_labels: Tensor,
+    tests: dict[str, tuple[Tensor, Tensor]],
+    num_classes: int,
+    epochs: int = 100,
+    lr: float = 0.1,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Train a linear classifier on frozen, standardised features; top-1 (%) on each test set.
+
+    Full-batch Adam with a cosine lr on precomputed features: deterministic and cheap next to
+    pretraining. Features are standardised with the training mean and std (as CMSF's
+    CompRess-style probe does).
+    """
+    known = train_labels >= 0
+    train, train_labels = train[known], train_labels[known]
+    mean, std = train.mean(0), train.std(0).clamp_min(1e-6)
+    generator = torch.Generator().manual_seed(seed)
+    head = nn.Linear(train.shape[1], num_classes)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * 0.01)
+        head.bias.zero_()
+    optimizer = torch.optim.Adam(head.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
+    x = (train - mean) / std
+    for _ in range(epochs):
+        loss = F.cross_entropy(head(x), train_labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    with torch.no_grad():
+        return {
+            name: 100.0 * (head((feats - mean) / std).argmax(1) == labels).float().mean().item()
+            for name, (feats, labels) in tests.items()
+        }

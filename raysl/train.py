@@ -1,0 +1,437 @@
+"""The one training loop: plain PyTorch, alone, under torchrun, or inside a Ray Train worker.
+
+`fit(cfg, reporter, runtime)` pretrains an encoder with the weighted loss terms of `cfg.loss`.
+It never imports Ray: Ray Train sets the torchrun environment and starts the process group
+before calling it, so `fit()` only sees `torch.distributed`. It reports to `reporter` once per
+epoch on every rank and attaches a checkpoint on rank 0.
+
+Determinism: batches come from (seed, epoch) and augmentation parameters from
+(seed, epoch, step) for the whole global batch, so a run resumed from a checkpoint, and a run
+on W processes with the same global batch, see the same images and views as one
+uninterrupted single-process run.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from raysl import distributed
+from raysl.augment import Augment
+from raysl.checkpoint import load_checkpoint, save_checkpoint
+from raysl.config import Config
+from raysl.data import load_splits
+from raysl.errors import ConfigError, NonFiniteLossError, Problem
+from raysl.evaluate import extract_features, knn_top1, linear_probe
+from raysl.losses import Outputs, build_criterion
+from raysl.models import build_model, convert_sync_batchnorm
+from raysl.optim import build_optimizer
+from raysl.reporting import Reporter, RunInfo
+from raysl.sampler import GlobalBatchSampler, step_seed
+from raysl.schedules import ema_momentum, warmup_cosine
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where this process runs: its device and its place in the process group."""
+
+    device: torch.device = torch.device("cpu")
+    rank: int = 0
+    world_size: int = 1
+
+    @classmethod
+    def from_env(cls, device: str = "auto") -> Runtime:
+        """From torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK); starts the group if needed."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(
+                Problem("is 'cuda' but no GPU is visible; use device: auto or cpu", key="device")
+            )
+        use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+        dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+        if use_cuda:
+            torch.cuda.set_device(dev)
+        if world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if use_cuda else "gloo")
+        return cls(dev, rank, world)
+
+
+def fit(
+    cfg: Config,
+    reporter: Reporter | None = None,
+    runtime: Runtime | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume_from: str | Path | None = None,
+    name: str = "run",
+) -> dict[str, float]:
+    """Pretrain with `cfg`; returns the final metrics (last epoch + final evaluation).
+
+    Args:
+        reporter: receives progress and metrics (see `raysl.reporting.Reporter`).
+        runtime: device and rank; default from the environment (torchrun variables).
+        checkpoint_dir: rank 0 writes `epoch_XXXX/` checkpoints here (None: no checkpoints).
+        resume_from: a checkpoint directory to continue from.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN/inf; the reporter's `fail` saw it first.
+        ConfigError: the config cannot run on this data or hardware.
+    """
+    reporter = reporter or Reporter()
+    rt = runtime or Runtime.from_env(cfg.device)
+    try:
+        run = _Run(cfg, rt, name, Path(checkpoint_dir) if checkpoint_dir else None)
+        if resume_from is not None:
+            run.restore(load_checkpoint(resume_from))
+        return run.train(reporter)
+    except BaseException as error:
+        reporter.fail(error)
+        raise
+
+
+class _Run:
+    """Everything one `fit()` call builds, and the epoch loop over it."""
+
+    def __init__(self, cfg: Config, rt: Runtime, name: str, checkpoint_dir: Path | None) -> None:
+        self.cfg, self.rt, self.name, self.checkpoint_dir = cfg, rt, name, checkpoint_dir
+        _seed_everything(cfg.seed)
+        self.splits = splits = load_splits(cfg.data, seed=cfg.seed)
+        _, channels, height, _ = splits.train.images.shape
+        self.augment = Augment(cfg.augment, channels, height, splits.mean, splits.std)
+        self.criterion = build_criterion(
+            cfg.active_terms(),
+            dim=cfg.model.proj_dim,
+            num_classes=splits.num_classes,
+            num_samples=len(splits.train.images),
+            epochs=cfg.epochs,
+        ).to(rt.device)
+        if "labels" in self.criterion.requires and bool((splits.train.labels < 0).any()):
+            raise ConfigError(
+                Problem(
+                    f"a term needs labels but source '{splits.name}' has unlabeled training images",
+                    key="loss",
+                )
+            )
+        model = build_model(cfg.model, channels, self.augment.out_size, self.criterion.requires)
+        if rt.world_size > 1 and cfg.model.sync_bn:
+            model = convert_sync_batchnorm(model, rt.device)
+        self.cuda = rt.device.type == "cuda"
+        self.model = model.to(
+            rt.device, memory_format=torch.channels_last if self.cuda else torch.preserve_format
+        )
+        online: torch.nn.Module = self.model.online
+        if rt.world_size > 1:
+            ids = [rt.device.index] if self.cuda else None
+            online = torch.nn.parallel.DistributedDataParallel(online, device_ids=ids)
+        self.online = torch.compile(online) if cfg.compile else online
+        self.autocast = cfg.precision == "bf16" or (cfg.precision == "auto" and self.cuda)
+
+        self.sampler = GlobalBatchSampler(
+            len(splits.train.images), cfg.data.batch_size, cfg.seed, rt.rank, rt.world_size
+        )
+        self.images = _place(splits.train.images, rt.device, cfg.data.on_device)
+        self.labels = splits.train.labels.to(rt.device)
+        self.optimizer = build_optimizer(
+            cfg.optim, [self.model.online, self.criterion], cfg.data.batch_size
+        )
+        total = cfg.epochs * self.sampler.steps_per_epoch
+        steps_per_epoch = self.sampler.steps_per_epoch
+        self.lr = warmup_cosine(
+            self.optimizer.param_groups[0]["lr"],
+            total,
+            round(cfg.optim.warmup_epochs * steps_per_epoch),
+            cfg.optim.min_lr_ratio,
+            cosine=cfg.optim.schedule == "cosine",
+        )
+        self.ema = ema_momentum(
+            cfg.model.ema_momentum, total, cosine=cfg.model.ema_schedule == "cosine"
+        )
+        self.epoch, self.step, self.history = 0, 0, []
+
+    # ---- state ------------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "criterion": self.criterion.state_dict(),
+            "history": self.history,
+            "config": self.cfg.to_flat(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+        }
+
+    def restore(self, state: dict) -> None:
+        _check_resumable(state["config"], self.cfg.to_flat())
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.criterion.load_state_dict(state["criterion"])
+        self.epoch, self.step, self.history = state["epoch"], state["step"], list(state["history"])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def train(self, reporter: Reporter) -> dict[str, float]:
+        cfg = self.cfg
+        reporter.start(
+            RunInfo(
+                name=self.name,
+                epochs=cfg.epochs,
+                start_epoch=self.epoch,
+                steps_per_epoch=self.sampler.steps_per_epoch,
+                global_batch=cfg.data.batch_size,
+                world_size=self.rt.world_size,
+                device=str(self.rt.device),
+                train_size=len(self.splits.train.images),
+                val_size=len(self.splits.val.images),
+                parameters=sum(
+                    p.numel() for p in self.model.online.parameters() if p.requires_grad
+                ),
+                terms=tuple(self.criterion.terms),
+                out_dir=str(self.checkpoint_dir) if self.checkpoint_dir else None,
+            )
+        )
+        while self.epoch < cfg.epochs:
+            metrics = self.train_epoch(reporter)
+            last = self.epoch == cfg.epochs
+            if last or self.epoch % cfg.eval.every == 0:
+                metrics["val/knn_top1"] = self.knn(self.splits.val)
+            self.history.append(metrics)
+            checkpoint = None
+            if (
+                self.checkpoint_dir is not None
+                and (last or self.epoch % cfg.checkpoint.every == 0)
+                and self.rt.rank == 0
+            ):
+                checkpoint = save_checkpoint(
+                    self.checkpoint_dir,
+                    self.epoch,
+                    self.state(),
+                    cfg.checkpoint.keep,
+                    {"metrics": metrics},
+                )
+            reporter.epoch(metrics, checkpoint)
+        summary = {**(self.history[-1] if self.history else {}), **self.final_evaluation()}
+        reporter.finish(summary)
+        return summary
+
+    def train_epoch(self, reporter: Reporter) -> dict[str, float]:
+        cfg, rt, sampler = self.cfg, self.rt, self.sampler
+        steps, rows = sampler.steps_per_epoch, sampler.local_slice()
+        names = ["train/loss", *(f"train/loss/{t}" for t in self.criterion.terms)]
+        epoch_sum = torch.zeros(len(names), device=rt.device, dtype=torch.float64)
+        window_sum, window_n = torch.zeros_like(epoch_sum), 0
+        self.model.train()
+        started = time.perf_counter()
+        for i, index in sampler.epoch(self.epoch):
+            for group in self.optimizer.param_groups:
+                group["lr"] = float(self.lr[self.step])
+            generator = torch.Generator().manual_seed(step_seed(cfg.seed, self.epoch, i))
+            params = self.augment.sample(cfg.data.batch_size, generator).select(rows)
+            loss, parts = self.train_step(index, params, self.epoch + i / steps)
+            values = torch.stack([loss.detach(), *(v.detach() for v in parts.values())]).double()
+            epoch_sum += values
+            window_sum += values
+            window_n += 1
+            self.model.update_target(float(self.ema[self.step]))
+            self.step += 1
+            if window_n == cfg.log_every or i == steps - 1:
+                mean = distributed.all_reduce_mean(window_sum / window_n)
+                _check_finite(mean, names, self.epoch, i)
+                reporter.step(
+                    self.epoch,
+                    i,
+                    {**dict(zip(names, mean.tolist())), "lr": float(self.lr[self.step - 1])},
+                )
+                window_sum.zero_()
+                window_n = 0
+        if self.cuda:
+            torch.cuda.synchronize(rt.device)
+        elapsed = time.perf_counter() - started
+        self.epoch += 1
+        means = distributed.all_reduce_mean(epoch_sum / steps)
+        metrics = {"epoch": float(self.epoch), **dict(zip(names, means.tolist()))}
+        metrics["lr"] = float(self.lr[self.step - 1])
+        metrics["train/throughput"] = steps * cfg.data.batch_size / elapsed  # images/s, all workers
+        metrics["train/epoch_time"] = elapsed
+        for term, schedule in self.criterion.schedules.items():
+            if schedule.ramp_from is not None:
+                metrics[f"train/weight/{term}"] = schedule(float(self.epoch))
+        return metrics
+
+    def train_step(
+        self, index: torch.Tensor, params, epoch: float
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        device = self.rt.device
+        index_dev = index.to(device, non_blocking=True)
+        x = self.images[index_dev if self.images.device == device else index].to(
+            device, non_blocking=True
+        )
+        views = self.augment(x, params.to(device))  # (V, b, C, S, S)
+        flat = views.flatten(0, 1)
+        if self.cuda:
+            flat = flat.contiguous(memory_format=torch.channels_last)
+        shape = views.shape[:2]
+        with _autocast(device, self.autocast):
+            h, z, p = self.online(flat)
+            z_target = None
+            if self.model.target is not None:
+                with torch.no_grad():
+                    z_target = self.model.target(flat)[1].float().view(*shape, -1)
+        out = Outputs(
+            z=z.float().view(*shape, -1),
+            sample_ids=index_dev,
+            labels=self.labels[index_dev],
+            h=h.float().view(*shape, -1),
+            p=p.float().view(*shape, -1) if p is not None else None,
+            z_target=z_target,
+            epoch=epoch,
+        )
+        loss, parts = self.criterion(out)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        _average_gradients(self.criterion)
+        self.optimizer.step()
+        return loss, parts
+
+    # ---- evaluation -------------------------------------------------------------------------
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return extract_features(
+            self.model.backbone,
+            images,
+            self.augment.plain,
+            self.cfg.eval.batch_size,
+            self.rt.device,
+            self.autocast,
+        )
+
+    def knn_bank(self, include_val: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        sets = [self.splits.train, self.splits.val] if include_val else [self.splits.train]
+        images = torch.cat([s.images[s.labels >= 0] for s in sets])
+        labels = torch.cat([s.labels[s.labels >= 0] for s in sets])
+        if self.cfg.eval.bank_limit and not include_val:
+            images, labels = images[: self.cfg.eval.bank_limit], labels[: self.cfg.eval.bank_limit]
+        return self.features(images), labels
+
+    def knn(self, queries, include_val: bool = False) -> float:
+        bank, labels = self.knn_bank(include_val)
+        e = self.cfg.eval
+        return knn_top1(
+            bank,
+            labels,
+            self.features(queries.images),
+            queries.labels,
+            self.splits.num_classes,
+            e.knn_k,
+            e.knn_temperature,
+        )
+
+    def final_evaluation(self) -> dict[str, float]:
+        """Test-split kNN (bank = train + val) and the optional linear probe."""
+        e, splits, out = self.cfg.eval, self.splits, {}
+        test = splits.test if e.test else None
+        if test is not None:
+            out["test/knn_top1"] = self.knn(test, include_val=True)
+        if e.linear_probe:
+            train_f, val_f = self.features(splits.train.images), self.features(splits.val.images)
+            probe = dict(
+                num_classes=splits.num_classes,
+                epochs=e.probe_epochs,
+                lr=e.probe_lr,
+                seed=self.cfg.seed,
+            )
+            out["val/linear_top1"] = linear_probe(
+                train_f, splits.train.labels, {"val": (val_f, splits.val.labels)}, **probe
+            )["val"]
+            if test is not None:
+                both_f = torch.cat([train_f, val_f])
+                both_y = torch.cat([splits.train.labels, splits.val.labels])
+                test_f = self.features(test.images)
+                out["test/linear_top1"] = linear_probe(
+                    both_f, both_y, {"test": (test_f, test.labels)}, **probe
+                )["test"]
+        return out
+
+
+# ---- helpers ------------------------------------------------------------------------------
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def _place(images: torch.Tensor, device: torch.device, policy: str) -> torch.Tensor:
+    """Keep the uint8 training images on the GPU when they fit comfortably (or when told to)."""
+    if device.type != "cuda" or policy == "never":
+        return images.pin_memory() if device.type == "cuda" else images
+    if policy == "always":
+        return images.to(device)
+    free, _ = torch.cuda.mem_get_info(device)
+    return images.to(device) if images.nbytes < 0.25 * free else images.pin_memory()
+
+
+def _autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
+
+
+def _average_gradients(module: torch.nn.Module) -> None:
+    """Loss-term parameters live outside DDP: average their gradients over ranks by hand."""
+    if not distributed.is_distributed():
+        return
+    for param in module.parameters():
+        if param.grad is not None:
+            param.grad.copy_(distributed.all_reduce_mean(param.grad))
+
+
+def _check_finite(values: torch.Tensor, names: list[str], epoch: int, step: int) -> None:
+    if bool(torch.isfinite(values).all()):
+        return
+    parts = ", ".join(f"{n}={v:.4g}" for n, v in zip(names, values.tolist()))
+    raise NonFiniteLossError(
+        f"the loss is not finite at epoch {epoch + 1}, step {step + 1} ({parts}); training stopped. "
+        "Lower optim.lr, raise the temperatures, or add optim.warmup_epochs."
+    )
+
+
+# Keys that may change between a run and its resumption.
+_RESUMABLE = (
+    "epochs",
+    "log_every",
+    "device",
+    "eval.",
+    "checkpoint.",
+    "data.root",
+    "data.download",
+    "data.on_device",
+)
+
+
+def _check_resumable(saved: dict, current: dict) -> None:
+    changed = sorted(
+        key
+        for key in set(saved) | set(current)
+        if saved.get(key) != current.get(key) and not key.startswith(_RESUMABLE)
+    )
+    if changed:
+        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed[:6])
+        raise ConfigError(
+            Problem(
+                f"the checkpoint was made with a different config ({diffs}); resume with the original config "
+                "or start a new run in another --out directory",
+                key="--resume",
+            )
+        )
