@@ -95,3 +95,36 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# Config keys that may change between a run and its resumption.
+RESUMABLE = (
+    "epochs",
+    "log_every",
+    "device",
+    "eval.",
+    "checkpoint.",
+    "data.root",
+    "data.download",
+    "data.on_device",
+)
+
+
+def check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Refuse to resume a checkpoint under a config that changes what is being trained."""
+    from raysl.errors import ConfigError, Problem
+
+    changed = sorted(
+        key
+        for key in set(saved) | set(current)
+        if saved.get(key) != current.get(key) and not key.startswith(RESUMABLE)
+    )
+    if changed:
+        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed[:6])
+        raise ConfigError(
+            Problem(
+                f"the checkpoint was made with a different config ({diffs}); resume with the original "
+                "config or start a new run in another --out directory",
+                key="--resume",
+            )
+        )

@@ -17,6 +17,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from raysl.errors import ConfigError, NonFiniteLossError
 from raysl.reporting import Reporter, RunInfo
 
 # The metrics worth a column in the epoch line, in order, with their short labels.
@@ -132,6 +133,6 @@ class ConsoleReporter(Reporter):
 
     def fail(self, error: BaseException) -> None:
         self._stop_bar()
-        if isinstance(error, KeyboardInterrupt):
-            return
+        if isinstance(error, (KeyboardInterrupt, ConfigError, NonFiniteLossError)):
+            return  # the command line prints these itself, once
         self.console.print(f"[bold red]failed:[/] {type(error).__name__}: {error}")

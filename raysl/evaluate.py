@@ -138,3 +138,74 @@ def linear_probe(
             name: 100.0 * (head((feats - mean) / std).argmax(1) == labels).float().mean().item()
             for name, (feats, labels) in tests.items()
         }
+
+
+class Evaluator:
+    """The run's evaluation protocol over its splits: val kNN every epoch, test at the end.
+
+    Monitoring (what a study may tune on): bank = labelled training images (at most
+    `cfg.bank_limit`), queries = the val split. Final report (never tuned on): bank = train +
+    val, queries = the test split; with `cfg.linear_probe`, probes trained on train (scored on
+    val) and on train + val (scored on test).
+    """
+
+    def __init__(
+        self,
+        cfg,
+        splits,
+        transform: Callable[[Tensor], Tensor],
+        device: torch.device,
+        autocast: bool,
+        seed: int,
+    ) -> None:
+        self.cfg, self.splits, self.transform = cfg, splits, transform
+        self.device, self.autocast, self.seed = device, autocast, seed
+
+    def features(self, backbone: nn.Module, images: Tensor) -> Tensor:
+        return extract_features(
+            backbone, images, self.transform, self.cfg.batch_size, self.device, self.autocast
+        )
+
+    def _bank(self, backbone: nn.Module, include_val: bool) -> tuple[Tensor, Tensor]:
+        sets = [self.splits.train, self.splits.val] if include_val else [self.splits.train]
+        images = torch.cat([s.images[s.labels >= 0] for s in sets])
+        labels = torch.cat([s.labels[s.labels >= 0] for s in sets])
+        if self.cfg.bank_limit and not include_val:
+            images, labels = images[: self.cfg.bank_limit], labels[: self.cfg.bank_limit]
+        return self.features(backbone, images), labels
+
+    def knn(self, backbone: nn.Module, queries, include_val: bool = False) -> float:
+        """kNN top-1 (%) of `queries` (an ImageSet) against the training bank."""
+        bank, labels = self._bank(backbone, include_val)
+        return knn_top1(
+            bank, labels, self.features(backbone, queries.images), queries.labels,
+            self.splits.num_classes, self.cfg.knn_k, self.cfg.knn_temperature,
+        )  # fmt: skip
+
+    def final(self, backbone: nn.Module) -> dict[str, float]:
+        """test/knn_top1 (if `cfg.test`) and the linear-probe metrics (if `cfg.linear_probe`)."""
+        cfg, splits, out = self.cfg, self.splits, {}
+        test = splits.test if cfg.test else None
+        if test is not None:
+            out["test/knn_top1"] = self.knn(backbone, test, include_val=True)
+        if cfg.linear_probe:
+            train_f, val_f = (
+                self.features(backbone, splits.train.images),
+                self.features(backbone, splits.val.images),
+            )
+            probe = {
+                "num_classes": splits.num_classes,
+                "epochs": cfg.probe_epochs,
+                "lr": cfg.probe_lr,
+                "seed": self.seed,
+            }
+            val = {"val": (val_f, splits.val.labels)}
+            out["val/linear_top1"] = linear_probe(train_f, splits.train.labels, val, **probe)["val"]
+            if test is not None:
+                both_f, both_y = (
+                    torch.cat([train_f, val_f]),
+                    torch.cat([splits.train.labels, splits.val.labels]),
+                )
+                scored = {"test": (self.features(backbone, test.images), test.labels)}
+                out["test/linear_top1"] = linear_probe(both_f, both_y, scored, **probe)["test"]
+        return out

@@ -13,57 +13,27 @@ uninterrupted single-process run.
 
 from __future__ import annotations
 
-import os
 import random
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from raysl import distributed
 from raysl.augment import Augment
-from raysl.checkpoint import load_checkpoint, save_checkpoint
+from raysl.checkpoint import check_resumable, load_checkpoint, save_checkpoint
 from raysl.config import Config
 from raysl.data import load_splits
 from raysl.errors import ConfigError, NonFiniteLossError, Problem
-from raysl.evaluate import extract_features, knn_top1, linear_probe
+from raysl.evaluate import Evaluator
 from raysl.losses import Outputs, build_criterion
 from raysl.models import build_model, convert_sync_batchnorm
 from raysl.optim import build_optimizer
 from raysl.reporting import Reporter, RunInfo
+from raysl.runtime import Runtime, autocast, place_images
 from raysl.sampler import GlobalBatchSampler, step_seed
 from raysl.schedules import ema_momentum, warmup_cosine
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """Where this process runs: its device and its place in the process group."""
-
-    device: torch.device = torch.device("cpu")
-    rank: int = 0
-    world_size: int = 1
-
-    @classmethod
-    def from_env(cls, device: str = "auto") -> Runtime:
-        """From torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK); starts the group if needed."""
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if device == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(
-                Problem("is 'cuda' but no GPU is visible; use device: auto or cpu", key="device")
-            )
-        use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-        dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-        if use_cuda:
-            torch.cuda.set_device(dev)
-        if world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if use_cuda else "gloo")
-        return cls(dev, rank, world)
 
 
 def fit(
@@ -134,11 +104,14 @@ class _Run:
             online = torch.nn.parallel.DistributedDataParallel(online, device_ids=ids)
         self.online = torch.compile(online) if cfg.compile else online
         self.autocast = cfg.precision == "bf16" or (cfg.precision == "auto" and self.cuda)
+        self.evaluator = Evaluator(
+            cfg.eval, splits, self.augment.plain, rt.device, self.autocast, cfg.seed
+        )
 
         self.sampler = GlobalBatchSampler(
             len(splits.train.images), cfg.data.batch_size, cfg.seed, rt.rank, rt.world_size
         )
-        self.images = _place(splits.train.images, rt.device, cfg.data.on_device)
+        self.images = place_images(splits.train.images, rt.device, cfg.data.on_device)
         self.labels = splits.train.labels.to(rt.device)
         self.optimizer = build_optimizer(
             cfg.optim, [self.model.online, self.criterion], cfg.data.batch_size
@@ -169,18 +142,21 @@ class _Run:
             "config": self.cfg.to_flat(),
             "rng": {
                 "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if self.cuda else None,
                 "numpy": np.random.get_state(),
                 "python": random.getstate(),
             },
         }
 
     def restore(self, state: dict) -> None:
-        _check_resumable(state["config"], self.cfg.to_flat())
+        check_resumable(state["config"], self.cfg.to_flat())
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.criterion.load_state_dict(state["criterion"])
         self.epoch, self.step, self.history = state["epoch"], state["step"], list(state["history"])
         torch.set_rng_state(state["rng"]["torch"])
+        if self.cuda and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
 
@@ -209,7 +185,7 @@ class _Run:
             metrics = self.train_epoch(reporter)
             last = self.epoch == cfg.epochs
             if last or self.epoch % cfg.eval.every == 0:
-                metrics["val/knn_top1"] = self.knn(self.splits.val)
+                metrics["val/knn_top1"] = self.evaluator.knn(self.model.backbone, self.splits.val)
             self.history.append(metrics)
             checkpoint = None
             if (
@@ -225,7 +201,10 @@ class _Run:
                     {"metrics": metrics},
                 )
             reporter.epoch(metrics, checkpoint)
-        summary = {**(self.history[-1] if self.history else {}), **self.final_evaluation()}
+        summary = {
+            **(self.history[-1] if self.history else {}),
+            **self.evaluator.final(self.model.backbone),
+        }
         reporter.finish(summary)
         return summary
 
@@ -286,7 +265,7 @@ class _Run:
         if self.cuda:
             flat = flat.contiguous(memory_format=torch.channels_last)
         shape = views.shape[:2]
-        with _autocast(device, self.autocast):
+        with autocast(device, self.autocast):
             h, z, p = self.online(flat)
             z_target = None
             if self.model.target is not None:
@@ -308,84 +287,12 @@ class _Run:
         self.optimizer.step()
         return loss, parts
 
-    # ---- evaluation -------------------------------------------------------------------------
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        return extract_features(
-            self.model.backbone,
-            images,
-            self.augment.plain,
-            self.cfg.eval.batch_size,
-            self.rt.device,
-            self.autocast,
-        )
-
-    def knn_bank(self, include_val: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        sets = [self.splits.train, self.splits.val] if include_val else [self.splits.train]
-        images = torch.cat([s.images[s.labels >= 0] for s in sets])
-        labels = torch.cat([s.labels[s.labels >= 0] for s in sets])
-        if self.cfg.eval.bank_limit and not include_val:
-            images, labels = images[: self.cfg.eval.bank_limit], labels[: self.cfg.eval.bank_limit]
-        return self.features(images), labels
-
-    def knn(self, queries, include_val: bool = False) -> float:
-        bank, labels = self.knn_bank(include_val)
-        e = self.cfg.eval
-        return knn_top1(
-            bank,
-            labels,
-            self.features(queries.images),
-            queries.labels,
-            self.splits.num_classes,
-            e.knn_k,
-            e.knn_temperature,
-        )
-
-    def final_evaluation(self) -> dict[str, float]:
-        """Test-split kNN (bank = train + val) and the optional linear probe."""
-        e, splits, out = self.cfg.eval, self.splits, {}
-        test = splits.test if e.test else None
-        if test is not None:
-            out["test/knn_top1"] = self.knn(test, include_val=True)
-        if e.linear_probe:
-            train_f, val_f = self.features(splits.train.images), self.features(splits.val.images)
-            probe = dict(
-                num_classes=splits.num_classes,
-                epochs=e.probe_epochs,
-                lr=e.probe_lr,
-                seed=self.cfg.seed,
-            )
-            out["val/linear_top1"] = linear_probe(
-                train_f, splits.train.labels, {"val": (val_f, splits.val.labels)}, **probe
-            )["val"]
-            if test is not None:
-                both_f = torch.cat([train_f, val_f])
-                both_y = torch.cat([splits.train.labels, splits.val.labels])
-                test_f = self.features(test.images)
-                out["test/linear_top1"] = linear_probe(
-                    both_f, both_y, {"test": (test_f, test.labels)}, **probe
-                )["test"]
-        return out
-
 
 # ---- helpers ------------------------------------------------------------------------------
 def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
-
-
-def _place(images: torch.Tensor, device: torch.device, policy: str) -> torch.Tensor:
-    """Keep the uint8 training images on the GPU when they fit comfortably (or when told to)."""
-    if device.type != "cuda" or policy == "never":
-        return images.pin_memory() if device.type == "cuda" else images
-    if policy == "always":
-        return images.to(device)
-    free, _ = torch.cuda.mem_get_info(device)
-    return images.to(device) if images.nbytes < 0.25 * free else images.pin_memory()
-
-
-def _autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
 
 
 def _average_gradients(module: torch.nn.Module) -> None:
@@ -405,33 +312,3 @@ def _check_finite(values: torch.Tensor, names: list[str], epoch: int, step: int)
         f"the loss is not finite at epoch {epoch + 1}, step {step + 1} ({parts}); training stopped. "
         "Lower optim.lr, raise the temperatures, or add optim.warmup_epochs."
     )
-
-
-# Keys that may change between a run and its resumption.
-_RESUMABLE = (
-    "epochs",
-    "log_every",
-    "device",
-    "eval.",
-    "checkpoint.",
-    "data.root",
-    "data.download",
-    "data.on_device",
-)
-
-
-def _check_resumable(saved: dict, current: dict) -> None:
-    changed = sorted(
-        key
-        for key in set(saved) | set(current)
-        if saved.get(key) != current.get(key) and not key.startswith(_RESUMABLE)
-    )
-    if changed:
-        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed[:6])
-        raise ConfigError(
-            Problem(
-                f"the checkpoint was made with a different config ({diffs}); resume with the original config "
-                "or start a new run in another --out directory",
-                key="--resume",
-            )
-        )

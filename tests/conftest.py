@@ -51,6 +51,7 @@ def _worker(
     try:
         result = fn(rank, world, *args)
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+        torch.distributed.barrier()  # gloo can abort if ranks tear down at different times
     except BaseException:
         (Path(out_dir) / f"rank{rank}.err").write_text(traceback.format_exc())
         raise

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from raysl.cli import main
-from raysl.config import Config, load_run_file, parse_overrides
+from raysl.config import Config
 from raysl.errors import ConfigError
+from raysl.runfile import load_run_file, parse_overrides
 from tests.conftest import run_cli
 
 
@@ -159,3 +160,13 @@ def test_config_error_lists_every_problem(tmp_path: Path) -> None:
         load_run_file(path)
     assert len(info.value.problems) == 2
     assert {p.key for p in info.value.problems} == {"epochs", "optim.lr"}
+
+
+def test_bad_data_path_exits_2_and_leaves_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "fm.yaml"
+    path.write_text(f"config:\n  data: {{source: fashion_mnist, root: {tmp_path / 'nowhere'}}}\n")
+    out = tmp_path / "out"
+    proc = run_cli("train", str(path), "--out", str(out))
+    assert proc.returncode == 2, proc.stderr
+    assert "data.root" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()

@@ -147,3 +147,11 @@ def test_linear_probe_and_test_metrics(tmp_path: Path) -> None:
     for key in ("val/linear_top1", "test/linear_top1", "test/knn_top1"):
         assert 0 <= summary[key] <= 100
     assert torch.get_num_threads() >= 1
+
+
+@pytest.mark.slow
+def test_compiled_loop_matches_eager() -> None:
+    eager = fit(Config().override({**TINY, "epochs": 1}), Recorder())
+    compiled = fit(Config().override({**TINY, "epochs": 1, "compile": True}), Recorder())
+    assert compiled["train/loss"] == pytest.approx(eager["train/loss"], rel=1e-4)
+    assert compiled["val/knn_top1"] == pytest.approx(eager["val/knn_top1"], abs=1e-6)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from raysl.config import load_run_file, parse_overrides
+from raysl.runfile import load_run_file, parse_overrides
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

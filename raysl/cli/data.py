@@ -8,8 +8,9 @@ from pathlib import Path
 
 import click
 
-from raysl.config import SOURCES, Config, DataConfig, parse_overrides
+from raysl.config import SOURCES, Config, DataConfig
 from raysl.errors import ConfigError, Problem
+from raysl.runfile import parse_overrides
 
 
 @click.group(name="data")

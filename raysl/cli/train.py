@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -10,8 +11,8 @@ from pathlib import Path
 import click
 import yaml
 
-from raysl.config import load_run_file, parse_overrides
 from raysl.errors import ConfigError, NonFiniteLossError, Problem
+from raysl.runfile import load_run_file, parse_overrides
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -57,9 +58,9 @@ def train(
     Continue an interrupted run:
       raysl train CONFIG --out runs/NAME --resume
 
-    Each epoch reports the train loss (and each loss term), lr, throughput and weighted
-    cosine kNN top-1 on the held-out val split; the end adds test-split kNN and an optional
-    linear probe. A search: section in CONFIG is ignored here (raysl tune runs it).
+    Each epoch reports the train loss (and each loss term), lr, throughput and
+    weighted cosine kNN top-1 on the held-out val split; the end adds test-split
+    kNN and an optional linear probe. Only the file's config: section is used.
     """
     flat = parse_overrides(overrides)
     if device:
@@ -84,24 +85,23 @@ def train(
     # Import the heavy stack only once the input is known to be good.
     from raysl.console import ConsoleReporter
     from raysl.reporting import JsonlReporter, Reporter, Reporters
-    from raysl.train import Runtime, fit
+    from raysl.runtime import Runtime
+    from raysl.train import fit
 
     runtime = Runtime.from_env(cfg.device)
     reporter: Reporter = Reporter()
+    created = not out.exists()
     if runtime.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         _log_to_file(out / "raysl.log")
-        (out / "config.yaml").write_text(
-            yaml.safe_dump(
-                {"name": run_file.name, "config": cfg.model_dump(exclude_none=True)},
-                sort_keys=False,
-            )
-        )
-        reporter = Reporters(
-            [ConsoleReporter(live=False if quiet else None), JsonlReporter(out / "metrics.jsonl")]
-        )
+        resolved = {"name": run_file.name, "config": cfg.model_dump(exclude_none=True)}
+        (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        live = False if quiet else None
+        reporter = Reporters([ConsoleReporter(live=live), JsonlReporter(out / "metrics.jsonl")])
         if resume and latest is None:
             click.echo(f"no checkpoint in {checkpoint_dir}; starting from scratch")
+    import torch.distributed as dist
+
     try:
         fit(
             cfg,
@@ -111,20 +111,23 @@ def train(
             resume_from=latest if resume else None,
             name=run_file.name,
         )
+        if dist.is_initialized():
+            dist.barrier()  # leave together: gloo may abort if ranks tear down at different times
+    except ConfigError:
+        # Bad data paths etc. surface once the run starts: leave nothing behind for them.
+        if created and runtime.rank == 0 and latest_checkpoint(checkpoint_dir) is None:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     except NonFiniteLossError as exc:
         if runtime.rank == 0:
             click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         if runtime.rank == 0:
-            click.echo(
-                f"\ninterrupted; continue with: raysl train {config_file} --out {out} --resume",
-                err=True,
-            )
+            hint = f"raysl train {config_file} --out {out} --resume"
+            click.echo(f"\ninterrupted; continue with: {hint}", err=True)
         sys.exit(130)
     finally:
-        import torch.distributed as dist
-
         if dist.is_initialized():
             dist.destroy_process_group()
 

@@ -37,7 +37,7 @@ def build_criterion(spec: Mapping[str, Mapping[str, Any] | None], **context: Any
             continue
         cls = LOSSES[name]
         wanted = set(inspect.signature(cls).parameters) & CONTEXT
-        terms[name] = cls(**params, **{key: context[key] for key in wanted})
+        terms[name] = cls(**params, **{key: context[key] for key in wanted if key in context})
         schedules[name] = schedule
     if not terms:
         raise ValueError("every loss term has weight 0; give at least one term a weight > 0")

@@ -47,7 +47,7 @@ def contrast_by_id(z: Tensor, ids: Tensor, temperature: float) -> Tensor:
         ids: (B,) dataset indices (InfoNCE) or class labels (SupCon); equal ids are positives.
         temperature: τ in exp(cos / τ).
     """
-    views, batch = z.shape[:2]
+    views = z.shape[0]
     anchors = F.normalize(z.flatten(0, 1), dim=-1)  # (N, D), N = V*B, view-major
     anchor_ids = ids.repeat(views)  # (N,)
     columns = distributed.gather_with_grad(anchors)  # (M, D), M = W*N

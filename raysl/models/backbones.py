@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -57,7 +58,7 @@ def convnet(in_channels: int, width: int = 32) -> Backbone:
     widths = [width, 2 * width, 4 * width, 8 * width]
     stem = nn.Sequential(*_conv_bn_relu(in_channels, width))
     stages = [nn.Sequential(*_conv_bn_relu(width, widths[0]))]
-    for c_in, c_out in zip(widths[:-1], widths[1:]):
+    for c_in, c_out in itertools.pairwise(widths):
         stages.append(nn.Sequential(nn.MaxPool2d(2, ceil_mode=True), *_conv_bn_relu(c_in, c_out)))
     return Backbone(stem, stages, widths)
 

@@ -1,0 +1,62 @@
+"""Where a process runs: its device, its rank, and how the loop uses the hardware."""
+
+from __future__ import annotations
+
+import os
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from raysl.errors import ConfigError, Problem
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """This process's device and its place in the process group (rank 0 of 1 when alone)."""
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    rank: int = 0
+    world_size: int = 1
+
+    @classmethod
+    def from_env(cls, device: str = "auto") -> Runtime:
+        """From torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK); starts the group if needed.
+
+        Ray Train sets the same variables and starts the group itself before the loop runs.
+        """
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(
+                Problem("is 'cuda' but no GPU is visible; use device: auto or cpu", key="device")
+            )
+        use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+        dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+        if use_cuda:
+            torch.cuda.set_device(dev)
+        if world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if use_cuda else "gloo")
+        return cls(dev, rank, world)
+
+
+def place_images(images: torch.Tensor, device: torch.device, policy: str) -> torch.Tensor:
+    """Keep uint8 training images on the GPU when they fit comfortably (`data.on_device`).
+
+    "auto" moves them when they take under a quarter of the free GPU memory; otherwise they
+    stay in pinned host memory and each batch is copied without blocking.
+    """
+    if device.type != "cuda":
+        return images
+    if policy == "always":
+        return images.to(device)
+    if policy == "auto" and images.nbytes < 0.25 * torch.cuda.mem_get_info(device)[0]:
+        return images.to(device)
+    return images.pin_memory()
+
+
+def autocast(device: torch.device, enabled: bool) -> AbstractContextManager:
+    """bf16 autocast on `device`, or nothing."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
