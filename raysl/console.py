@@ -100,6 +100,13 @@ class ConsoleReporter(Reporter):
         self._stop_bar()
         assert self.info is not None
         epoch = int(metrics["epoch"])
+        if checkpoint is not None:
+            self.last_checkpoint = checkpoint
+        knn = metrics.get("val/knn_top1")
+        if knn is not None and (self.best is None or knn > self.best[0]):
+            self.best = (knn, epoch)
+        if knn is None and epoch != self.info.epochs:
+            return  # with eval.every > 1, one line per evaluation keeps long runs readable
         parts = [f"epoch {epoch:>3}/{self.info.epochs}"]
         parts += [f"{label} {_fmt(key, metrics[key])}" for key, label in _SHOWN if key in metrics]
         terms = [k for k in metrics if k.startswith("train/loss/")]
@@ -110,11 +117,7 @@ class ConsoleReporter(Reporter):
                 + ")"
             )
         if checkpoint is not None:
-            self.last_checkpoint = checkpoint
             parts.append("[dim]ckpt[/]")
-        knn = metrics.get("val/knn_top1")
-        if knn is not None and (self.best is None or knn > self.best[0]):
-            self.best = (knn, epoch)
         self.console.print("  ".join(parts))
 
     def finish(self, summary: Mapping[str, float]) -> None:

@@ -121,3 +121,13 @@ def broadcast(x: Tensor, src: int = 0) -> Tensor:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+def average_gradients(module: torch.nn.Module) -> None:
+    """Average the gradients of `module`'s parameters over ranks (for parameters outside DDP,
+    such as a loss term's own networks)."""
+    if not is_distributed():
+        return
+    for param in module.parameters():
+        if param.grad is not None:
+            param.grad.copy_(all_reduce_mean(param.grad))

@@ -91,7 +91,11 @@ class _Run:
                     key="loss",
                 )
             )
-        model = build_model(cfg.model, channels, self.augment.out_size, self.criterion.requires)
+        exits, exit_size = self.criterion.exit_spec
+        model = build_model(
+            cfg.model, channels, self.augment.out_size, self.criterion.requires, exits, exit_size
+        )
+        self.mixer = self.criterion.mixer
         if rt.world_size > 1 and cfg.model.sync_bn:
             model = convert_sync_batchnorm(model, rt.device)
         self.cuda = rt.device.type == "cuda"
@@ -219,9 +223,12 @@ class _Run:
         for i, index in sampler.epoch(self.epoch):
             for group in self.optimizer.param_groups:
                 group["lr"] = float(self.lr[self.step])
-            generator = torch.Generator().manual_seed(step_seed(cfg.seed, self.epoch, i))
+            generator = torch.Generator().manual_seed(
+                step_seed(cfg.seed, self.epoch, i)
+            )  # augmentation
             params = self.augment.sample(cfg.data.batch_size, generator).select(rows)
-            loss, parts = self.train_step(index, params, self.epoch + i / steps)
+            key = step_seed(cfg.seed, self.epoch, i)
+            loss, parts = self.train_step(index, params, key, self.epoch + i / steps)
             values = torch.stack([loss.detach(), *(v.detach() for v in parts.values())]).double()
             epoch_sum += values
             window_sum += values
@@ -253,39 +260,71 @@ class _Run:
         return metrics
 
     def train_step(
-        self, index: torch.Tensor, params, epoch: float
+        self, index: torch.Tensor, params, step_key: int, epoch: float
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One optimizer step on this rank's images `index` with augmentation `params`.
+
+        The online network sees the V clean views and, when a term mixes images (BSIM), its
+        mixtures in the same forward pass (one pass keeps DDP and batch norm simple).
+        """
         device = self.rt.device
         index_dev = index.to(device, non_blocking=True)
         x = self.images[index_dev if self.images.device == device else index].to(
             device, non_blocking=True
         )
         views = self.augment(x, params.to(device))  # (V, b, C, S, S)
-        flat = views.flatten(0, 1)
+        V, b = views.shape[:2]
+        batch = views.flatten(0, 1)  # (V*b, C, S, S)
+        mix_lam = mix_index = None
+        if self.mixer is not None:
+            generator = torch.Generator().manual_seed(
+                step_key ^ _MIX_STREAM
+            )  # same draws on every rank
+            mixed, mix_lam, mix_index = self.mixer.mix(views[: self.mixer.mixed_views], generator)
+            batch = torch.cat([batch, mixed.flatten(0, 1)])
         if self.cuda:
-            flat = flat.contiguous(memory_format=torch.channels_last)
-        shape = views.shape[:2]
+            batch = batch.contiguous(memory_format=torch.channels_last)
         with autocast(device, self.autocast):
-            h, z, p = self.online(flat)
+            h, z, p, z_sub = self.online(batch)
             z_target = None
             if self.model.target is not None:
                 with torch.no_grad():
-                    z_target = self.model.target(flat)[1].float().view(*shape, -1)
+                    z_target = self.model.target(batch[: V * b])[1].float().view(V, b, -1)
+        clean, rest = V * b, len(batch) - V * b
+
+        def split(
+            t: torch.Tensor | None, dim: int = 0
+        ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+            if t is None:
+                return None, None
+            t = t.float()
+            head, tail = t.split([clean, rest], dim=dim)
+            return head.unflatten(dim, (V, b)), (tail.unflatten(dim, (-1, b)) if rest else None)
+
+        (z, z_mix), (p, p_mix), (h, _) = split(z), split(p), split(h)
         out = Outputs(
-            z=z.float().view(*shape, -1),
+            z=z,
             sample_ids=index_dev,
             labels=self.labels[index_dev],
-            h=h.float().view(*shape, -1),
-            p=p.float().view(*shape, -1) if p is not None else None,
+            h=h,
+            p=p,
             z_target=z_target,
+            z_sub=split(z_sub, dim=1)[0],
+            z_mix=z_mix,
+            p_mix=p_mix,
+            mix_lam=mix_lam,
+            mix_index=mix_index,
             epoch=epoch,
         )
         loss, parts = self.criterion(out)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        _average_gradients(self.criterion)
+        distributed.average_gradients(self.criterion)
         self.optimizer.step()
         return loss, parts
+
+
+_MIX_STREAM = 0x5EED_0F_A1  # separates the mixing draws from the augmentation draws of a step
 
 
 # ---- helpers ------------------------------------------------------------------------------
@@ -293,15 +332,6 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
-
-
-def _average_gradients(module: torch.nn.Module) -> None:
-    """Loss-term parameters live outside DDP: average their gradients over ranks by hand."""
-    if not distributed.is_distributed():
-        return
-    for param in module.parameters():
-        if param.grad is not None:
-            param.grad.copy_(distributed.all_reduce_mean(param.grad))
 
 
 def _check_finite(values: torch.Tensor, names: list[str], epoch: int, step: int) -> None:

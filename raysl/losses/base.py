@@ -43,6 +43,11 @@ class Outputs:
     h: Tensor | None = None  # (V, B, F) backbone features
     p: Tensor | None = None  # (V, B, D) predictor outputs                      "p"
     z_target: Tensor | None = None  # (V, B, D) EMA-target projections, no grad  "z_target"
+    z_sub: Tensor | None = None  # (E, V, B, D) projections of E sub-network exits  "z_sub"
+    z_mix: Tensor | None = None  # (Vm, B, D) projections of mixed images          "z_mix"
+    p_mix: Tensor | None = None  # (Vm, B, D) predictions of mixed images ("z_mix" and "p")
+    mix_lam: Tensor | None = None  # (B,) weight of image i in mixture i
+    mix_index: Tensor | None = None  # (B,) local row of the image mixed into image i
     epoch: float = 0.0  # fractional epoch of this step (for terms with their own schedules)
 
 
@@ -52,9 +57,32 @@ class LossTerm(nn.Module):
     The value must be the mean over this rank's anchors of a per-anchor loss that may use
     every rank's samples (through `raysl.distributed.gather_with_grad`). DDP's gradient
     averaging then equals one process on the global batch.
+
+    Model branches a term can ask for (set in `__init__` when they depend on arguments):
+        requires: the `Outputs` fields it reads ("p" builds a predictor, "z_target" an EMA
+            target, "z_sub" sub-network exits, "z_mix" a forward pass on mixed images).
+        exits, exit_size: with "z_sub", the 1-based stages after which exits branch off and
+            their size ("fc", "small", "same"; see `raysl.models.exits`).
+        mixed_views: with "z_mix", how many views `mix()` mixes.
     """
 
     requires: ClassVar[frozenset[str]] = frozenset({"z"})
+    exits: tuple[int, ...] = ()
+    exit_size: str = "fc"
+    mixed_views: int = 1
+
+    def mix(self, views: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """With "z_mix": mix this rank's views (Vm, B, C, H, W) with partners from the same rank.
+
+        Random choices come from `generator`, which is seeded identically on every rank.
+
+        Returns:
+            mixed (Vm, B, C, H, W), lam (B,) weight of image i in its mixture, index (B,)
+            local row of its partner.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} requires 'z_mix' but does not define mix()"
+        )
 
     def forward(self, out: Outputs) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
@@ -99,6 +127,24 @@ class Criterion(nn.Module):
     @property
     def requires(self) -> frozenset[str]:
         return frozenset().union(*(term.requires for term in self.terms.values()))
+
+    @property
+    def exit_spec(self) -> tuple[tuple[int, ...], str]:
+        """The sub-network exits the model must build: (stages, size); ((), "fc") for none."""
+        specs = {(t.exits, t.exit_size) for t in self.terms.values() if "z_sub" in t.requires}
+        if len(specs) > 1:
+            raise ValueError(
+                f"loss terms ask for different sub-network exits: {sorted(specs)}; use one"
+            )
+        return specs.pop() if specs else ((), "fc")
+
+    @property
+    def mixer(self) -> LossTerm | None:
+        """The term that mixes images for the "z_mix" forward pass (at most one)."""
+        mixers = [t for t in self.terms.values() if "z_mix" in t.requires]
+        if len(mixers) > 1:
+            raise ValueError("only one loss term may mix images ('z_mix')")
+        return mixers[0] if mixers else None
 
     def weights(self, epoch: float) -> dict[str, float]:
         return {name: schedule(epoch) for name, schedule in self.schedules.items()}

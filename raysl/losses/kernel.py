@@ -15,25 +15,27 @@ from raysl import distributed
 
 
 def masked_info_nce(logits: Tensor, positives: Tensor, valid: Tensor) -> Tensor:
-    """Multi-positive InfoNCE: mean over anchors of -mean_{j in P(i)} log softmax_{V(i)}(l_i)_j.
+    """Multi-positive InfoNCE: mean over anchors of -Σ_j w_ij log softmax_{V(i)}(l_i)_j / Σ_j w_ij.
 
     Args:
         logits: (N, M) similarities divided by the temperature.
-        positives: (N, M) bool, True where column j is a positive of anchor i.
-        valid: (N, M) bool, True where column j may appear in the denominator; contains
-            `positives`, and self-pairs are False.
+        positives: (N, M) bool (w = 1 on positives), or float weights w >= 0 (soft positives,
+            as potential-sample mining uses); zero off the positives.
+        valid: (N, M) bool, True where column j may appear in the denominator; must contain
+            every positive, and self-pairs are False.
 
     Returns:
         Scalar. Anchors without a positive are left out of the mean (no NaN); if no anchor
         has one, the result is 0 with a gradient path to `logits`.
     """
+    weights = positives.to(logits.dtype)
     log_prob = logits.masked_fill(~valid, float("-inf")).log_softmax(dim=1)  # (N, M)
-    log_prob = log_prob.masked_fill(~positives, 0.0)  # -inf * 0 would be NaN
-    per_anchor = positives.sum(dim=1)  # (N,)
+    log_prob = log_prob.masked_fill(weights == 0, 0.0)  # -inf * 0 would be NaN
+    per_anchor = weights.sum(dim=1)  # (N,)
     has_pos = per_anchor > 0
     if not bool(has_pos.any()):
         return logits.sum() * 0.0
-    mean_log_prob = log_prob.sum(dim=1)[has_pos] / per_anchor[has_pos]
+    mean_log_prob = (weights * log_prob).sum(dim=1)[has_pos] / per_anchor[has_pos]
     return -mean_log_prob.mean()
 
 

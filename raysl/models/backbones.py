@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torchvision
@@ -16,14 +16,23 @@ class Backbone(nn.Module):
     Attributes:
         stage_channels: channels of each stage's output.
         feature_dim: F, the pooled feature size (= stage_channels[-1]).
+        make_small_stages: builds fresh stages with half the blocks (SelfCon's `small`
+            sub-networks), or None where stages cannot be halved.
     """
 
-    def __init__(self, stem: nn.Module, stages: Sequence[nn.Module], stage_channels: Sequence[int]):
+    def __init__(
+        self,
+        stem: nn.Module,
+        stages: Sequence[nn.Module],
+        stage_channels: Sequence[int],
+        make_small_stages: Callable[[], list[nn.Module]] | None = None,
+    ):
         super().__init__()
         self.stem = stem
         self.stages = nn.ModuleList(stages)
         self.stage_channels = tuple(stage_channels)
         self.feature_dim = self.stage_channels[-1]
+        self.make_small_stages = make_small_stages
 
     def forward_stages(self, x: Tensor) -> list[Tensor]:
         """(B, C, H, W) images -> the output of every stage, (B, C_s, H_s, W_s) each."""
@@ -38,7 +47,12 @@ class Backbone(nn.Module):
         x = self.stem(x)
         for stage in self.stages:
             x = stage(x)
-        return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)  # (B, F)
+        return pool(x)
+
+
+def pool(x: Tensor) -> Tensor:
+    """(B, C, H, W) -> (B, C) global average."""
+    return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
 
 
 def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
@@ -89,9 +103,18 @@ def resnet(name: str, in_channels: int, cifar_stem: bool) -> Backbone:
     nn.init.kaiming_normal_(conv1.weight, mode="fan_out", nonlinearity="relu")
     stages = [net.layer1, net.layer2, net.layer3, net.layer4]
     expansion = 4 if name == "resnet50" else 1
-    return Backbone(
-        stem, stages, [64 * expansion, 128 * expansion, 256 * expansion, 512 * expansion]
+    channels = [64 * expansion, 128 * expansion, 256 * expansion, 512 * expansion]
+    return Backbone(stem, stages, channels, make_small_stages=lambda: _half_depth_stages(name))
+
+
+def _half_depth_stages(name: str) -> list[nn.Module]:
+    """Fresh ResNet stages with half the blocks of `name` (at least one per stage)."""
+    full = RESNETS[name](weights=None)
+    layers = (full.layer1, full.layer2, full.layer3, full.layer4)
+    half = torchvision.models.resnet.ResNet(
+        type(full.layer1[0]), [max(1, len(layer) // 2) for layer in layers]
     )
+    return [half.layer1, half.layer2, half.layer3, half.layer4]
 
 
 def build_backbone(

@@ -120,3 +120,11 @@ def test_distributed_infonce_equals_single_process(world: int) -> None:
         assert result["loss"] == pytest.approx(loss.item(), abs=1e-10)
         for got, want in zip(result["grads"], expected):
             torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.dist
+@pytest.mark.parametrize("world", [2, 3])
+def test_infonce_through_the_harness(world: int) -> None:
+    from tests.losses.harness import assert_distributed_equivalent
+
+    assert_distributed_equivalent(InfoNCE, {"temperature": 0.3}, world, views=3)
