@@ -3,7 +3,7 @@
 (a) raw-pixel weighted cosine kNN on the test split (bank = all 60,000 training images,
     k=200, T=0.1): the anchor of ../shared/measured.md, 78.85 %;
 (b) the same kNN on the features of the *untrained* network (what a random ConvNet gives);
-(c) `raysl train` with the given run file (default search_spaces/fashion_mnist_simclr.yaml),
+(c) `raysl train` with the given run file (default search_spaces/simclr_fashion_mnist.yaml),
     timed end to end (data loading, training, every-epoch kNN, final evaluation).
 
 Needs Debian's dataset-fashion-mnist (apt-get install -y dataset-fashion-mnist).
@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "run_file", nargs="?", default=str(REPO / "search_spaces" / "fashion_mnist_simclr.yaml")
+        "run_file", nargs="?", default=str(REPO / "search_spaces" / "simclr_fashion_mnist.yaml")
     )
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()

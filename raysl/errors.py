@@ -44,3 +44,7 @@ class ConfigError(ValueError):
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; training stopped instead of continuing silently."""
+
+
+class TrainingFailedError(RuntimeError):
+    """A distributed run failed more often than its restarts allow; the cause is chained."""

@@ -22,17 +22,16 @@ import torch
 
 from raysl import distributed
 from raysl.augment import Augment
+from raysl.batches import Batch, DataFeed, in_memory_feed, step_seed
 from raysl.checkpoint import check_resumable, load_checkpoint, save_checkpoint
 from raysl.config import Config
-from raysl.data import load_splits
 from raysl.errors import ConfigError, NonFiniteLossError, Problem
 from raysl.evaluate import Evaluator
 from raysl.losses import Outputs, build_criterion
 from raysl.models import build_model, convert_sync_batchnorm
 from raysl.optim import build_optimizer
 from raysl.reporting import Reporter, RunInfo
-from raysl.runtime import Runtime, autocast, place_images
-from raysl.sampler import GlobalBatchSampler, step_seed
+from raysl.runtime import Runtime, autocast
 from raysl.schedules import ema_momentum, warmup_cosine
 
 
@@ -43,6 +42,7 @@ def fit(
     checkpoint_dir: str | Path | None = None,
     resume_from: str | Path | None = None,
     name: str = "run",
+    feed: DataFeed | None = None,
 ) -> dict[str, float]:
     """Pretrain with `cfg`; returns the final metrics (last epoch + final evaluation).
 
@@ -51,6 +51,7 @@ def fit(
         runtime: device and rank; default from the environment (torchrun variables).
         checkpoint_dir: rank 0 writes `epoch_XXXX/` checkpoints here (None: no checkpoints).
         resume_from: a checkpoint directory to continue from.
+        feed: where batches come from; default: `cfg.data` loaded into memory.
 
     Raises:
         NonFiniteLossError: the loss became NaN/inf; the reporter's `fail` saw it first.
@@ -59,7 +60,8 @@ def fit(
     reporter = reporter or Reporter()
     rt = runtime or Runtime.from_env(cfg.device)
     try:
-        run = _Run(cfg, rt, name, Path(checkpoint_dir) if checkpoint_dir else None)
+        feed = feed or in_memory_feed(cfg.data, cfg.seed, rt)
+        run = _Run(cfg, rt, name, Path(checkpoint_dir) if checkpoint_dir else None, feed)
         if resume_from is not None:
             run.restore(load_checkpoint(resume_from))
         return run.train(reporter)
@@ -71,17 +73,21 @@ def fit(
 class _Run:
     """Everything one `fit()` call builds, and the epoch loop over it."""
 
-    def __init__(self, cfg: Config, rt: Runtime, name: str, checkpoint_dir: Path | None) -> None:
+    def __init__(
+        self, cfg: Config, rt: Runtime, name: str, checkpoint_dir: Path | None, feed: DataFeed
+    ) -> None:
         self.cfg, self.rt, self.name, self.checkpoint_dir = cfg, rt, name, checkpoint_dir
         _seed_everything(cfg.seed)
-        self.splits = splits = load_splits(cfg.data, seed=cfg.seed)
+        self.splits = splits = feed.splits
+        self.batches = feed.train
+        self.num_samples = feed.num_samples
         _, channels, height, _ = splits.train.images.shape
         self.augment = Augment(cfg.augment, channels, height, splits.mean, splits.std)
         self.criterion = build_criterion(
             cfg.active_terms(),
             dim=cfg.model.proj_dim,
             num_classes=splits.num_classes,
-            num_samples=len(splits.train.images),
+            num_samples=feed.num_samples,
             epochs=cfg.epochs,
         ).to(rt.device)
         if "labels" in self.criterion.requires and bool((splits.train.labels < 0).any()):
@@ -112,16 +118,13 @@ class _Run:
             cfg.eval, splits, self.augment.plain, rt.device, self.autocast, cfg.seed
         )
 
-        self.sampler = GlobalBatchSampler(
-            len(splits.train.images), cfg.data.batch_size, cfg.seed, rt.rank, rt.world_size
-        )
-        self.images = place_images(splits.train.images, rt.device, cfg.data.on_device)
-        self.labels = splits.train.labels.to(rt.device)
+        b = cfg.data.batch_size // rt.world_size
+        self.rows = slice(rt.rank * b, (rt.rank + 1) * b)  # this rank's rows of a global batch
         self.optimizer = build_optimizer(
             cfg.optim, [self.model.online, self.criterion], cfg.data.batch_size
         )
-        total = cfg.epochs * self.sampler.steps_per_epoch
-        steps_per_epoch = self.sampler.steps_per_epoch
+        steps_per_epoch = self.batches.steps_per_epoch
+        total = cfg.epochs * steps_per_epoch
         self.lr = warmup_cosine(
             self.optimizer.param_groups[0]["lr"],
             total,
@@ -172,11 +175,11 @@ class _Run:
                 name=self.name,
                 epochs=cfg.epochs,
                 start_epoch=self.epoch,
-                steps_per_epoch=self.sampler.steps_per_epoch,
+                steps_per_epoch=self.batches.steps_per_epoch,
                 global_batch=cfg.data.batch_size,
                 world_size=self.rt.world_size,
                 device=str(self.rt.device),
-                train_size=len(self.splits.train.images),
+                train_size=self.num_samples,
                 val_size=len(self.splits.val.images),
                 parameters=sum(
                     p.numel() for p in self.model.online.parameters() if p.requires_grad
@@ -213,22 +216,22 @@ class _Run:
         return summary
 
     def train_epoch(self, reporter: Reporter) -> dict[str, float]:
-        cfg, rt, sampler = self.cfg, self.rt, self.sampler
-        steps, rows = sampler.steps_per_epoch, sampler.local_slice()
+        cfg, rt = self.cfg, self.rt
+        steps = self.batches.steps_per_epoch
         names = ["train/loss", *(f"train/loss/{t}" for t in self.criterion.terms)]
         epoch_sum = torch.zeros(len(names), device=rt.device, dtype=torch.float64)
         window_sum, window_n = torch.zeros_like(epoch_sum), 0
         self.model.train()
         started = time.perf_counter()
-        for i, index in sampler.epoch(self.epoch):
+        for i, batch in enumerate(self.batches.epoch(self.epoch)):
             for group in self.optimizer.param_groups:
                 group["lr"] = float(self.lr[self.step])
-            generator = torch.Generator().manual_seed(
-                step_seed(cfg.seed, self.epoch, i)
-            )  # augmentation
-            params = self.augment.sample(cfg.data.batch_size, generator).select(rows)
             key = step_seed(cfg.seed, self.epoch, i)
-            loss, parts = self.train_step(index, params, key, self.epoch + i / steps)
+            # augmentation drawn for the whole global batch, then this rank's rows
+            params = self.augment.sample(cfg.data.batch_size, torch.Generator().manual_seed(key))
+            loss, parts = self.train_step(
+                batch, params.select(self.rows), key, self.epoch + i / steps
+            )
             values = torch.stack([loss.detach(), *(v.detach() for v in parts.values())]).double()
             epoch_sum += values
             window_sum += values
@@ -260,37 +263,31 @@ class _Run:
         return metrics
 
     def train_step(
-        self, index: torch.Tensor, params, step_key: int, epoch: float
+        self, batch: Batch, params, step_key: int, epoch: float
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """One optimizer step on this rank's images `index` with augmentation `params`.
+        """One optimizer step on this rank's `batch` with augmentation `params`.
 
         The online network sees the V clean views and, when a term mixes images (BSIM), its
         mixtures in the same forward pass (one pass keeps DDP and batch norm simple).
         """
         device = self.rt.device
-        index_dev = index.to(device, non_blocking=True)
-        x = self.images[index_dev if self.images.device == device else index].to(
-            device, non_blocking=True
-        )
-        views = self.augment(x, params.to(device))  # (V, b, C, S, S)
+        views = self.augment(batch.images, params.to(device))  # (V, b, C, S, S)
         V, b = views.shape[:2]
-        batch = views.flatten(0, 1)  # (V*b, C, S, S)
+        inputs = views.flatten(0, 1)  # (V*b, C, S, S)
         mix_lam = mix_index = None
         if self.mixer is not None:
-            generator = torch.Generator().manual_seed(
-                step_key ^ _MIX_STREAM
-            )  # same draws on every rank
+            generator = torch.Generator().manual_seed(step_key ^ _MIX_STREAM)  # same on every rank
             mixed, mix_lam, mix_index = self.mixer.mix(views[: self.mixer.mixed_views], generator)
-            batch = torch.cat([batch, mixed.flatten(0, 1)])
+            inputs = torch.cat([inputs, mixed.flatten(0, 1)])
         if self.cuda:
-            batch = batch.contiguous(memory_format=torch.channels_last)
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
         with autocast(device, self.autocast):
-            h, z, p, z_sub = self.online(batch)
+            h, z, p, z_sub = self.online(inputs)
             z_target = None
             if self.model.target is not None:
                 with torch.no_grad():
-                    z_target = self.model.target(batch[: V * b])[1].float().view(V, b, -1)
-        clean, rest = V * b, len(batch) - V * b
+                    z_target = self.model.target(inputs[: V * b])[1].float().view(V, b, -1)
+        clean, rest = V * b, len(inputs) - V * b
 
         def split(
             t: torch.Tensor | None, dim: int = 0
@@ -304,8 +301,8 @@ class _Run:
         (z, z_mix), (p, p_mix), (h, _) = split(z), split(p), split(h)
         out = Outputs(
             z=z,
-            sample_ids=index_dev,
-            labels=self.labels[index_dev],
+            sample_ids=batch.index,
+            labels=batch.labels,
             h=h,
             p=p,
             z_target=z_target,

@@ -43,7 +43,7 @@ def test_cifar10_recipe_runs_on_a_stand_in(tmp_path: Path) -> None:
     """The GPU recipe's code path (ResNet-18 CIFAR stem, LARS, probe) on CIFAR-format stand-in files."""
     write_cifar(tmp_path, "cifar10", per_batch=16, n_test=16)
     run = load_run_file(
-        REPO / "search_spaces" / "cifar10_simclr.yaml",
+        REPO / "search_spaces" / "simclr_cifar10.yaml",
         {
             "data.root": str(tmp_path),
             "epochs": 1,

@@ -1,4 +1,4 @@
-"""`raysl train`: one pretraining run on this machine (one process, or one per GPU under torchrun)."""
+"""`raysl train`: one pretraining run — alone, under torchrun, or on Ray Train workers."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ import yaml
 from raysl.errors import ConfigError, NonFiniteLossError, Problem
 from raysl.runfile import load_run_file, parse_overrides
 
+_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+@click.command(context_settings=_SETTINGS)
 @click.argument("config_file", metavar="CONFIG", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--set",
@@ -27,18 +29,58 @@ from raysl.runfile import load_run_file, parse_overrides
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Run directory (checkpoints, metrics.jsonl, config.yaml, raysl.log). Default: runs/<name>.",
+    help="Run directory (checkpoints/, metrics.jsonl, config.yaml, raysl.log). Default: runs/<name>.",
 )
 @click.option(
     "--resume",
     is_flag=True,
-    help="Continue from the newest checkpoint in --out (starts fresh if there is none).",
+    help="Continue from the newest checkpoint of this run (starts fresh if there is none).",
 )
 @click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Shortcut for --set device=..."
 )
 @click.option(
     "--quiet", "-q", is_flag=True, help="Only the epoch lines and the summary: no progress bar."
+)
+@click.option(
+    "--workers",
+    type=int,
+    help="Run on N Ray Train workers (DDP). Without it raysl does not start Ray.",
+)
+@click.option(
+    "--gpus-per-worker",
+    type=float,
+    default=None,
+    help="GPUs per Ray worker [default: 1 if this machine has a GPU, else 0].",
+)
+@click.option(
+    "--cpus-per-worker",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="CPUs reserved per Ray worker.",
+)
+@click.option(
+    "--placement",
+    default="PACK",
+    show_default=True,
+    type=click.Choice(["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]),
+    help="How Ray places workers on nodes.",
+)
+@click.option(
+    "--address",
+    help="Ray cluster to join (e.g. auto, ray://head:10001). Default: start a local one.",
+)
+@click.option(
+    "--storage",
+    help="Checkpoint storage shared by all nodes: a path or a URI (s3://, gs://, file://). Default: the parent of --out.",
+)
+@click.option(
+    "--max-failures",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Worker-group restarts (from the last checkpoint) before the run fails.",
 )
 def train(
     config_file: Path,
@@ -47,20 +89,30 @@ def train(
     resume: bool,
     device: str | None,
     quiet: bool,
+    workers: int | None,
+    gpus_per_worker: float | None,
+    cpus_per_worker: float,
+    placement: str,
+    address: str | None,
+    storage: str | None,
+    max_failures: int,
 ) -> None:
     """Pretrain an encoder with the config in CONFIG (a run or search-space YAML file).
 
     \b
     Single process (CPU or one GPU):
       raysl train search_spaces/quickstart.yaml
-    Several GPUs or processes on this machine (DDP, negatives from every process):
+    Several processes or GPUs on this machine (DDP, negatives from every process):
       torchrun --nproc_per_node 2 -m raysl train CONFIG
+    Ray Train workers on this machine or a cluster (checkpoints, restarts on failure):
+      raysl train CONFIG --workers 8 --gpus-per-worker 1 --address auto --storage s3://bucket/runs
     Continue an interrupted run:
       raysl train CONFIG --out runs/NAME --resume
 
-    Each epoch reports the train loss (and each loss term), lr, throughput and
-    weighted cosine kNN top-1 on the held-out val split; the end adds test-split
-    kNN and an optional linear probe. Only the file's config: section is used.
+    data.batch_size is the global batch: each of N processes takes batch_size / N. Each
+    epoch reports the train loss (and each loss term), lr, throughput and weighted cosine
+    kNN top-1 on the held-out val split; the end adds test-split kNN and an optional linear
+    probe. Only the file's config: section is used.
     """
     flat = parse_overrides(overrides)
     if device:
@@ -68,27 +120,41 @@ def train(
     run_file = load_run_file(config_file, flat)
     cfg = run_file.config
     out = out or Path("runs") / run_file.name
+    on_ray = workers is not None
+    if on_ray:
+        storage = storage or str(out.resolve().parent)
+        name = out.name
+        existing = _storage_checkpoints(storage, name)
+    else:
+        from raysl.checkpoint import latest_checkpoint
 
-    from raysl.checkpoint import latest_checkpoint
-
-    checkpoint_dir = out / "checkpoints"
-    latest = latest_checkpoint(checkpoint_dir)
-    if latest is not None and not resume:
+        latest = latest_checkpoint(out / "checkpoints")
+        existing = [latest.name] if latest else []
+    if existing and not resume:
         raise ConfigError(
             Problem(
-                f"{out} already holds checkpoints (newest: {latest.name}); pass --resume to continue that run, "
+                f"{out} already holds checkpoints (newest: {existing[-1]}); pass --resume to continue that run, "
                 "or choose another --out to start a new one",
                 key="--out",
             )
         )
+    scale = None
+    if on_ray:
+        from raysl.launch.ray_train import Scale
+
+        if gpus_per_worker is None:
+            import torch
+
+            gpus_per_worker = 1.0 if torch.cuda.is_available() and cfg.device != "cpu" else 0.0
+        scale = Scale(workers, gpus_per_worker, cpus_per_worker, placement, max_failures)
+        scale.check(cfg)  # before anything starts
 
     # Import the heavy stack only once the input is known to be good.
     from raysl.console import ConsoleReporter
     from raysl.reporting import JsonlReporter, Reporter, Reporters
     from raysl.runtime import Runtime
-    from raysl.train import fit
 
-    runtime = Runtime.from_env(cfg.device)
+    runtime = Runtime() if on_ray else Runtime.from_env(cfg.device)
     reporter: Reporter = Reporter()
     created = not out.exists()
     if runtime.rank == 0:
@@ -98,24 +164,16 @@ def train(
         (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
         live = False if quiet else None
         reporter = Reporters([ConsoleReporter(live=live), JsonlReporter(out / "metrics.jsonl")])
-        if resume and latest is None:
-            click.echo(f"no checkpoint in {checkpoint_dir}; starting from scratch")
-    import torch.distributed as dist
-
+        if resume and not existing:
+            click.echo(f"no checkpoint for {out}; starting from scratch")
     try:
-        fit(
-            cfg,
-            reporter,
-            runtime,
-            checkpoint_dir=checkpoint_dir,
-            resume_from=latest if resume else None,
-            name=run_file.name,
-        )
-        if dist.is_initialized():
-            dist.barrier()  # leave together: gloo may abort if ranks tear down at different times
+        if scale is not None:
+            _train_on_ray(cfg, out, scale, storage, reporter, address)
+        else:
+            _train_here(cfg, out, runtime, reporter, resume, run_file.name)
     except ConfigError:
         # Bad data paths etc. surface once the run starts: leave nothing behind for them.
-        if created and runtime.rank == 0 and latest_checkpoint(checkpoint_dir) is None:
+        if created and runtime.rank == 0 and not existing:
             shutil.rmtree(out, ignore_errors=True)
         raise
     except NonFiniteLossError as exc:
@@ -127,9 +185,87 @@ def train(
             hint = f"raysl train {config_file} --out {out} --resume"
             click.echo(f"\ninterrupted; continue with: {hint}", err=True)
         sys.exit(130)
+
+
+def _train_here(cfg, out: Path, runtime, reporter, resume: bool, name: str) -> None:
+    """One process, or this process's rank under torchrun."""
+    import torch.distributed as dist
+
+    from raysl.checkpoint import latest_checkpoint
+    from raysl.train import fit
+
+    checkpoint_dir = out / "checkpoints"
+    try:
+        resume_from = latest_checkpoint(checkpoint_dir) if resume else None
+        fit(
+            cfg,
+            reporter,
+            runtime,
+            checkpoint_dir=checkpoint_dir,
+            resume_from=resume_from,
+            name=name,
+        )
+        if dist.is_initialized():
+            dist.barrier()  # leave together: gloo may abort if ranks tear down at different times
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _train_on_ray(cfg, out: Path, scale, storage: str, reporter, address: str | None) -> None:
+    """Ray Train workers; checkpoints in `storage/<out name>/checkpoints/`."""
+    from raysl.errors import TrainingFailedError
+    from raysl.launch.ray_train import train_on_ray
+
+    try:
+        summary = train_on_ray(
+            cfg,
+            out.name,
+            scale,
+            storage,
+            reporter,
+            address,
+            log_file=out / "raysl.log",
+            workers_file=out / "workers.json",
+        )
+    except TrainingFailedError as error:
+        click.echo(
+            f"error: training failed after {scale.max_failures} restart(s): {error}", err=True
+        )
+        click.echo(
+            f"details: {out / 'raysl.log'} and Ray's session logs (/tmp/ray/session_latest/logs)",
+            err=True,
+        )
+        sys.exit(1)
+    click.echo(
+        f"checkpoints: {storage.rstrip('/')}/{out.name}/checkpoints  (newest: {summary.get('checkpoint', '-')})"
+    )
+
+
+def _storage_checkpoints(storage: str, name: str) -> list[str]:
+    """Names of the complete checkpoints of run `name` under `storage` (path or URI)."""
+    import pyarrow.fs
+
+    from raysl.checkpoint import PATTERN, STATE
+
+    try:
+        fs, root = pyarrow.fs.FileSystem.from_uri(
+            storage if "://" in storage else str(Path(storage).resolve())
+        )
+    except (pyarrow.ArrowInvalid, OSError) as error:
+        raise ConfigError(
+            Problem(
+                f"cannot open the storage ({error}); give a path or a s3:// gs:// file:// URI",
+                key="--storage",
+            )
+        ) from None
+    base = f"{root.rstrip('/')}/{name}/checkpoints"
+    found = fs.get_file_info(pyarrow.fs.FileSelector(base, allow_not_found=True))
+    names = [info.base_name for info in found if PATTERN.match(info.base_name)]
+    complete = [
+        n for n in names if fs.get_file_info(f"{base}/{n}/{STATE}").type == pyarrow.fs.FileType.File
+    ]
+    return sorted(complete)
 
 
 def _log_to_file(path: Path) -> None:

@@ -1,0 +1,1 @@
+"""Launchers: the only place raysl imports Ray (Ray Train workers, Ray Tune studies)."""

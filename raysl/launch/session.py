@@ -1,0 +1,81 @@
+"""Starting and joining Ray quietly: Ray's own chatter goes to log files, not the terminal."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import ray
+
+# Ray prints a warning per actor about spilled constructor arguments, and Train V2's
+# placement-group cleaner polls a dashboard that a local run does not start.
+_QUIET_ENV = {
+    "RAY_DEDUP_LOGS": "1",
+    "RAY_TRAIN_ENABLE_STATE_TRACKING": "0",
+    "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+}
+
+
+@contextmanager
+def ray_session(
+    address: str | None = None, num_cpus: int | None = None, log_file: Path | None = None
+) -> Iterator[None]:
+    """Connect to the Ray cluster at `address` (or start a local one) for the duration.
+
+    Workers' output stays in Ray's session logs (`ray.init(log_to_driver=False)`); the driver's
+    Ray logging goes to `log_file`. A local cluster this function started is shut down on exit;
+    a cluster it joined is left running.
+    """
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    _log_ray_to(log_file)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(
+            address=address,
+            num_cpus=num_cpus if address is None else None,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+            configure_logging=False,
+            runtime_env={"env_vars": dict(_QUIET_ENV)},
+        )
+        _log_ray_to(log_file)  # ray.init resets the handlers of the "ray" logger
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+# `ray.init` clears the "ray" logger's handlers and then logs (e.g. the token-authentication
+# notice); a handler on the emitting loggers themselves keeps those lines off the terminal.
+_LOGGERS = (
+    "ray",
+    "ray.train",
+    "ray.tune",
+    "ray.data",
+    "ray._private.authentication.authentication_token_setup",
+)
+
+
+def _log_ray_to(log_file: Path | None) -> None:
+    for name in _LOGGERS:
+        logger = logging.getLogger(name)
+        logger.propagate = False
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.StreamHandler) and not isinstance(
+                handler, logging.FileHandler
+            ):
+                logger.removeHandler(handler)
+        if log_file is not None:
+            handler = logging.FileHandler(log_file)
+            handler.setFormatter(
+                logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
+            )
+            logger.addHandler(handler)
