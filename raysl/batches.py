@@ -134,11 +134,15 @@ class DataFeed:
             shape). For a streamed feed, `splits.train` may be only the kNN bank's images.
         train: the training batches.
         num_samples: rows in the full training split (dataset indices are in [0, num_samples)).
+        train_size: training images per epoch (default: num_samples).
+        source: how the training batches arrive, for people ("in memory", "streamed ...").
     """
 
     splits: Splits
     train: TrainBatches
     num_samples: int
+    train_size: int | None = None
+    source: str = "in memory"
 
 
 def in_memory_feed(data_cfg, seed: int, runtime: Runtime) -> DataFeed:

@@ -62,6 +62,8 @@ class ConsoleReporter(Reporter):
         self.info = info
         resumed = f", resuming after epoch {info.start_epoch}" if info.start_epoch else ""
         workers = f" x {info.world_size} workers" if info.world_size > 1 else ""
+        if info.data != "in memory":
+            workers += f"; data {info.data}"
         self.console.print(
             f"[bold]raysl train[/] {info.name}: {info.epochs} epochs x {info.steps_per_epoch} steps, "
             f"batch {info.global_batch}, {info.train_size:,} train / {info.val_size:,} val images, "

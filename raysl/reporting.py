@@ -33,6 +33,7 @@ class RunInfo:
     parameters: int  # trainable parameters of the online network
     terms: tuple[str, ...]
     out_dir: str | None = None
+    data: str = "in memory"  # where training batches come from
 
 
 class Reporter:

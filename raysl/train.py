@@ -81,6 +81,7 @@ class _Run:
         self.splits = splits = feed.splits
         self.batches = feed.train
         self.num_samples = feed.num_samples
+        self.feed = feed
         _, channels, height, _ = splits.train.images.shape
         self.augment = Augment(cfg.augment, channels, height, splits.mean, splits.std)
         self.criterion = build_criterion(
@@ -179,7 +180,8 @@ class _Run:
                 global_batch=cfg.data.batch_size,
                 world_size=self.rt.world_size,
                 device=str(self.rt.device),
-                train_size=self.num_samples,
+                train_size=self.feed.train_size or self.num_samples,
+                data=self.feed.source,
                 val_size=len(self.splits.val.images),
                 parameters=sum(
                     p.numel() for p in self.model.online.parameters() if p.requires_grad

@@ -232,3 +232,63 @@ def _atomic(path: Path, write: Callable[[Path], object]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# ---- partial reads, for streaming large exports -------------------------------------------
+def read_labels(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(index, label) of every row of a split, ordered by index, without touching the images."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shards = sorted(folder.glob("*.parquet"))
+    if not shards:
+        raise data_error(
+            f"no *.parquet files in {folder.name}/ (expected {_EXPECTED})", _FIX, folder
+        )
+    try:
+        table = pa.concat_tables(pq.read_table(s, columns=["index", "label"]) for s in shards)
+    except (pa.ArrowException, OSError, KeyError) as exc:
+        raise data_error(f"cannot read the index and label columns ({exc})", _FIX, folder) from None
+    index = table.column("index").cast(pa.int64()).to_numpy()
+    labels = table.column("label").cast(pa.int64()).fill_null(-1).to_numpy()
+    order = np.argsort(index, kind="stable")
+    return index[order], labels[order]
+
+
+def read_rows(
+    folder: Path, wanted: np.ndarray, size: int | None, root: Path
+) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels of the rows whose index is in `wanted`, ordered by index.
+
+    Only those rows are decoded, shard by shard, so a kNN bank or a val split can be read
+    from an export far larger than memory.
+    """
+    wanted = np.sort(np.asarray(wanted, dtype=np.int64))
+    blobs: list[bytes] = []
+    names: list[str] = []
+    labels, indices = [], []
+    for shard in sorted(folder.glob("*.parquet")):
+        images, label, index = _read_shard(shard)
+        keep = np.flatnonzero(np.isin(index, wanted))
+        blobs += [images[i] for i in keep]
+        names += [f"{shard.name} row {i}" for i in keep]
+        labels.append(label[keep])
+        indices.append(index[keep])
+    if not blobs:
+        raise data_error("none of the wanted rows are in the shards", _FIX, folder)
+    index = np.concatenate(indices)
+    order = np.argsort(index, kind="stable")
+    pixels = decode_images([blobs[i] for i in order], [names[i] for i in order], size, root)
+    return pixels, np.concatenate(labels)[order]
+
+
+def parquet_root(cfg: DataConfig) -> Path:
+    """`cfg.root` checked to be an export directory (with train/)."""
+    if cfg.root is None:
+        raise data_error(
+            "the parquet source needs a directory", f"set data.root (expected {_EXPECTED})"
+        )
+    root = require_dir(Path(cfg.root).expanduser(), _EXPECTED, _FIX)
+    if not (root / "train").is_dir():
+        raise data_error(f"no train/ subdirectory (expected {_EXPECTED})", _FIX, root)
+    return root

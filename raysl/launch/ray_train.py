@@ -112,9 +112,27 @@ def train_on_ray(
         resources = {"CPU": scale.cpus_per_worker}
         if scale.gpus_per_worker:
             resources["GPU"] = scale.gpus_per_worker
+        datasets, stream = {}, cfg.data.source == "parquet"
+        if stream:  # Parquet exports stream through Ray Data instead of loading into memory
+            from raysl.launch.ray_data import stream_plan, train_dataset
+
+            plan = stream_plan(cfg)
+            if len(plan.train_index) < cfg.data.batch_size:
+                raise ConfigError(
+                    Problem(
+                        "the global batch is larger than the training split", key="data.batch_size"
+                    )
+                )
+            datasets["train"] = train_dataset(cfg, plan)
         trainer = ray.train.torch.TorchTrainer(
             _train_worker,
-            train_loop_config={"config": cfg.to_flat(), "name": name, "events": events},
+            train_loop_config={
+                "config": cfg.to_flat(),
+                "name": name,
+                "events": events,
+                "stream": stream,
+            },
+            datasets=datasets or None,
             scaling_config=ray.train.ScalingConfig(
                 num_workers=scale.workers,
                 use_gpu=scale.gpus_per_worker > 0,
@@ -218,14 +236,12 @@ def _train_worker(loop_config: Mapping[str, Any]) -> None:
         resume_from = _download_newest_checkpoint(os.path.join(tmp, "resume"))
         staging = Path(tmp) / "checkpoints" if runtime.rank == 0 else None
         try:
-            fit(
-                cfg,
-                reporter,
-                runtime,
-                checkpoint_dir=staging,
-                resume_from=resume_from,
-                name=loop_config["name"],
-            )
+            feed = None
+            if loop_config["stream"]:
+                from raysl.launch.ray_data import streamed_feed
+
+                feed = streamed_feed(cfg, runtime)
+            fit(cfg, reporter, runtime, staging, resume_from, loop_config["name"], feed)
         except ConfigError as error:
             if runtime.rank == 0:
                 _send(events, "config_error", [asdict(p) for p in error.problems])

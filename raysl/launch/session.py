@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -46,11 +46,38 @@ def ray_session(
             runtime_env={"env_vars": dict(_QUIET_ENV)},
         )
         _log_ray_to(log_file)  # ray.init resets the handlers of the "ray" logger
+    restore = _route_cluster_messages()
     try:
         yield
     finally:
+        restore()
         if started:
             ray.shutdown()
+
+
+def _route_cluster_messages() -> Callable[[], None]:
+    """Send the cluster's warnings and errors (raylet, autoscaler) to the log, not stdout.
+
+    Ray's driver prints them through `ray._private.worker.print_to_stdstream` whatever
+    `log_to_driver` says; that private function is swapped for the session's duration.
+    """
+    import ray._private.worker as ray_worker
+
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is None:
+        return lambda: None
+    logger = logging.getLogger("ray")
+
+    def to_log(data: dict, ignore_prefix: bool = False) -> None:
+        for line in data.get("lines", []):
+            logger.warning("(%s) %s", data.get("pid", "cluster"), line)
+
+    ray_worker.print_to_stdstream = to_log
+
+    def restore() -> None:
+        ray_worker.print_to_stdstream = original
+
+    return restore
 
 
 # `ray.init` clears the "ray" logger's handlers and then logs (e.g. the token-authentication
