@@ -16,6 +16,7 @@ fixed start-up cost, and the bytes each loss term moves between processes per st
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -28,9 +29,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from raysl.config import Config  # noqa: E402
-from raysl.reporting import Recorder, Reporter, RunInfo  # noqa: E402
-from raysl.train import fit  # noqa: E402
+from raysl.config import Config
+from raysl.reporting import Recorder, Reporter, RunInfo
+from raysl.train import fit
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 BATCH = 256
@@ -149,10 +150,8 @@ def _count_collectives(rank: int, world: int, overrides: dict[str, Any]) -> dict
                 if step == 1:
                     raise _Stop
 
-        try:
+        with contextlib.suppress(_Stop):
             fit(cfg, StopAfterSteps(), Runtime(torch.device("cpu"), rank, world))
-        except _Stop:
-            pass
     finally:
         for name, fn in originals.items():
             setattr(dist, name, fn)

@@ -159,17 +159,24 @@ def _term_config(name: str, cls: type) -> type[BaseModel]:
         return self
 
     return create_model(  # type: ignore[call-overload]
-        f"loss.{name}",
+        _term_class_name(name),
         __config__=_Strict.model_config,
+        __module__=__name__,
         __doc__=(cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else None,
         __validators__={"check_ramp": model_validator(mode="after")(check_ramp)},
         **fields,
     )
 
 
+def _term_class_name(term: str) -> str:
+    return "".join(part.title() for part in term.split("_")) + "TermConfig"
+
+
 TERM_CONFIGS: dict[str, type[BaseModel]] = {
     name: _term_config(name, cls) for name, cls in LOSSES.items()
 }
+# Module attributes, so configs pickle by reference (Ray pickles the search space with them).
+globals().update({model.__name__: model for model in TERM_CONFIGS.values()})
 
 
 def _check_some_weight(self: Any) -> Any:
@@ -189,6 +196,7 @@ def _check_some_weight(self: Any) -> Any:
 LossConfig: type[BaseModel] = create_model(  # type: ignore[call-overload]
     "LossConfig",
     __config__=_Strict.model_config,
+    __module__=__name__,
     __validators__={"check_some_weight": model_validator(mode="after")(_check_some_weight)},
     **{name: (model | None, None) for name, model in TERM_CONFIGS.items()},
 )

@@ -54,6 +54,21 @@ class _LazyGroup(click.Group):
             "config",
             "Print a resolved config as dotted keys, or its errors.",
         ),
+        "ui": (
+            "raysl.cli.ui",
+            "ui",
+            "Open the MLflow UI on the study store (parent run per study, child per trial).",
+        ),
+        "report": (
+            "raysl.cli.report",
+            "report",
+            "Leaderboard of a search space's newest study, from MLflow (table, Parquet, CSV).",
+        ),
+        "tune": (
+            "raysl.cli.tune",
+            "tune",
+            "Run a hyperparameter study: Ray Tune + Optuna + ASHA, logged to MLflow.",
+        ),
     },
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )

@@ -6,11 +6,25 @@ from collections.abc import Mapping
 from typing import Any
 
 from raysl.losses.base import CONTEXT, Criterion, LossTerm, Outputs, WeightSchedule
+from raysl.losses.bsim import BSIM
+from raysl.losses.icc import ICC
 from raysl.losses.infonce import InfoNCE
+from raysl.losses.mean_shift import MeanShift
+from raysl.losses.mining import Mining
+from raysl.losses.selfcon import SelfCon
+from raysl.losses.similarity import Similarity
+from raysl.losses.supcon import SupCon
 
 # One explicit registry: the key is the module name, the config key and the metric name.
 LOSSES: dict[str, type[LossTerm]] = {
-    "infonce": InfoNCE,
+    "infonce": InfoNCE,  # SimCLR NT-Xent; MoCo with a queue
+    "supcon": SupCon,  # supervised contrastive
+    "selfcon": SelfCon,  # self-contrastive with sub-network exits
+    "similarity": Similarity,  # BYOL / SimSiam negative cosine
+    "icc": ICC,  # similarity loss -> feature-level cross-entropy
+    "mean_shift": MeanShift,  # BYOL (k=1), MSF, CMSF
+    "bsim": BSIM,  # mixture spurious positives
+    "mining": Mining,  # potential-sample mining
 }
 
 SCHEDULE_KEYS = ("weight", "ramp_from", "ramp_start", "ramp_end")
@@ -44,4 +58,19 @@ def build_criterion(spec: Mapping[str, Mapping[str, Any] | None], **context: Any
     return Criterion(terms, schedules)
 
 
-__all__ = ["LOSSES", "Criterion", "LossTerm", "Outputs", "WeightSchedule", "build_criterion"]
+__all__ = [
+    "BSIM",
+    "ICC",
+    "LOSSES",
+    "Criterion",
+    "InfoNCE",
+    "LossTerm",
+    "MeanShift",
+    "Mining",
+    "Outputs",
+    "SelfCon",
+    "Similarity",
+    "SupCon",
+    "WeightSchedule",
+    "build_criterion",
+]

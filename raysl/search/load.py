@@ -1,0 +1,236 @@
+"""`load_search_spec`: read a study file and check all of it before anything starts.
+
+Each problem names the file (or `--set`), the line, the key and the fix; the problems of a
+stage are raised together as one `ConfigError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from raysl.config import Config, validate
+from raysl.errors import ConfigError, Problem
+from raysl.runfile import load_run_file
+from raysl.search.params import order, parse_params
+from raysl.search.problems import Problems
+from raysl.search.spec import Param, SearchSpec, TuneSettings
+from raysl.search.tune import parse_tune
+from raysl.yamlio import flatten, merge, unflatten
+
+# what `fit` reports every epoch, besides train/loss/<term> and train/weight/<term> (ramps)
+EPOCH_METRICS = ("val/knn_top1", "train/loss", "lr", "train/throughput", "train/epoch_time")
+
+
+def load_search_spec(
+    path: str | Path,
+    overrides: Mapping[str, Any] | None = None,
+    num_samples: int | None = None,
+) -> SearchSpec:
+    """Load a study file (a run file + `search:` + `tune:`) and validate all of it.
+
+    Args:
+        path: the YAML file. Without `search:` and `tune:` it loads as a spec with no params
+            and the file's config (a plain run).
+        overrides: `--set` dotted keys. Config keys change the base config (a searched key
+            set this way is fixed, no longer searched); `tune.*` keys change the tune section.
+        num_samples: `--num-samples`; replaces `tune.num_samples`.
+
+    The base config is the file's `config:`, then `tune.config:` (overrides for the study's
+    trials only; `raysl train` ignores them), then `--set`. In a study whose metric is a
+    `val/` metric, `eval.every` is set to 1: Tune needs the metric in every epoch's report
+    (noted in `SearchSpec.notes`).
+
+    Raises:
+        ConfigError: one line per problem (file:line, key, fix).
+    """
+    overrides = dict(overrides or {})
+    tune_set = {k: v for k, v in overrides.items() if k.split(".")[0] == "tune"}
+    config_set = {k: v for k, v in overrides.items() if k not in tune_set}
+    if bad := [k for k in config_set if k.split(".")[0] == "search"]:
+        raise ConfigError(
+            [Problem("ranges cannot be set with --set: edit the file", k, "--set") for k in bad]
+        )
+    run = load_run_file(path)
+    out = Problems(str(run.path), run.lines, tune_set)
+    raw_tune = unflatten(tune_set).get("tune", {})
+    if not isinstance(raw_tune, Mapping):
+        raise ConfigError(Problem("set keys under tune, e.g. tune.num_samples=4", "tune", "--set"))
+    raw_tune = merge(run.tune or {}, raw_tune)
+    searched = run.search or {}
+    notes = [
+        f"{k} fixed at {v!r} by --set (not searched)"
+        for k, v in config_set.items()
+        if k in searched
+    ]
+
+    base = run.config
+    trial_config = raw_tune.pop("config", None)
+    if trial_config is not None:
+        if not isinstance(trial_config, Mapping):
+            out.add(
+                "must map config keys to values for the trials, e.g. {epochs: 25}", "tune.config"
+            )
+            out.raise_if_any()
+        raw = merge(base.model_dump(exclude_none=True), unflatten(flatten(trial_config)))
+        base = validate(raw, where=out.where, lines=run.lines, prefix="tune.config.")
+    base = base.override(config_set)
+    if run.search is None and run.tune is None and not tune_set:
+        return SearchSpec(run.name, run.path, base, (), TuneSettings())
+
+    if run.search is not None and not run.search:
+        out.add(
+            "nothing to search: add `dotted.key: {distribution}` lines, or remove search:", "search"
+        )
+    params = parse_params(run.search or {}, base, out, fixed=config_set)
+    tune = parse_tune(raw_tune, out)
+    if num_samples is not None:
+        if isinstance(num_samples, int) and num_samples >= 1:
+            tune = dataclasses.replace(tune, num_samples=num_samples)
+        else:
+            out.found.append(Problem(f"must be >= 1 (got {num_samples!r})", "--num-samples"))
+    out.raise_if_any()
+    ordered = order(params, out)
+    out.raise_if_any()
+    base = _cross_check(base, ordered, tune, out, notes)
+    out.raise_if_any()
+    return SearchSpec(run.name, run.path, base, ordered, tune, tuple(notes))
+
+
+def _cross_check(
+    base: Config, params: tuple[Param, ...], tune: TuneSettings, out: Problems, notes: list[str]
+) -> Config:
+    """What needs the config, the params and the tune settings together."""
+    searched = {p.key: p for p in params}
+    _check_extremes(base, params, out)
+    _check_metric(base, params, tune, out)
+
+    workers = tune.resources.workers
+    batch = searched.get("data.batch_size")
+    if batch is None:
+        sizes = [base.data.batch_size]
+    elif batch.kind == "choice":
+        sizes = [int(s) for s in batch.choices or ()]
+    else:
+        sizes = [int(batch.low or 0), batch.step or 1]  # low and every step from it
+    if workers > 1 and any(s % workers for s in sizes):
+        out.add(
+            f"data.batch_size ({', '.join(map(str, sizes))}) must be divisible by workers "
+            f"({workers}): each worker takes batch_size / workers; change one of them",
+            "search.data.batch_size" if batch else "tune.resources.workers",
+        )
+    if base.device == "cuda" and tune.resources.gpu == 0:
+        out.add(
+            "the config's device is cuda but trials reserve no GPU: set gpu: 1",
+            "tune.resources.gpu",
+        )
+    if base.device == "cpu" and tune.resources.gpu > 0:
+        out.add(
+            "the config's device is cpu but trials reserve a GPU: set gpu: 0", "tune.resources.gpu"
+        )
+
+    if tune.scheduler is not None:
+        if "epochs" in searched:
+            out.add(
+                "ASHA's max_t is the config's epochs: do not search epochs with a scheduler "
+                "(or set tune.scheduler: none)",
+                "search.epochs",
+            )
+        elif tune.scheduler.grace_period > base.epochs:
+            out.add(
+                f"grace_period {tune.scheduler.grace_period} > epochs {base.epochs}: ASHA could "
+                f"never stop a trial; set grace_period <= {base.epochs}, or scheduler: none",
+                "tune.scheduler.asha.grace_period",
+            )
+    if tune.metric.startswith("val/"):
+        if "eval.every" in searched:
+            out.add(
+                f"{tune.metric} is needed every epoch: do not search eval.every",
+                "search.eval.every",
+            )
+        elif base.eval.every != 1:
+            notes.append(
+                f"eval.every set from {base.eval.every} to 1: Tune needs {tune.metric} in every "
+                "epoch's report (ASHA compares trials at the same epoch)"
+            )
+            base = base.override({"eval.every": 1})
+    return base
+
+
+def _check_metric(
+    base: Config, params: tuple[Param, ...], tune: TuneSettings, out: Problems
+) -> None:
+    metric, allowed = tune.metric, epoch_metrics(base, params)
+    if metric.startswith("test/"):
+        out.add(
+            f"{metric} is on the test split, which is never tuned on (it is reported at the end "
+            "of each trial, for information only): use val/knn_top1",
+            "tune.metric",
+        )
+    elif metric not in allowed:
+        close = difflib.get_close_matches(metric, allowed, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        why = (
+            "is reported once, at the end, not every epoch"
+            if metric.startswith("val/")
+            else "is not reported every epoch of every trial"
+        )
+        out.add(f"{metric} {why}; {hint}allowed: {', '.join(allowed)}", "tune.metric")
+    elif metric.startswith("val/") and tune.mode != "max":
+        out.add(f"{metric} is an accuracy: set mode: max", "tune.mode")
+    elif metric.startswith("train/loss") and tune.mode != "min":
+        out.add(f"{metric} is a loss: set mode: min", "tune.mode")
+
+
+def epoch_metrics(base: Config, params: tuple[Param, ...]) -> list[str]:
+    """What the loop reports every epoch in every trial of a study (a term whose weight can
+    be searched down to 0 is dropped in some trials, and so is its train/loss/<term>)."""
+    always = set(_active(base))
+    for end in ("low", "high"):
+        with contextlib.suppress(ConfigError):  # reported by _check_extremes
+            always &= set(_active(base.override(extreme(base, params, end))))
+    ramped = [t for t, v in base.active_terms().items() if v.get("ramp_from") is not None]
+    return [
+        *EPOCH_METRICS,
+        *(f"train/loss/{t}" for t in sorted(always)),
+        *(f"train/weight/{t}" for t in ramped),
+    ]
+
+
+def extreme(base: Config, params: tuple[Param, ...], end: str) -> dict[str, Any]:
+    """Every param at its low (or high) end, conditions applied in order."""
+    values, chosen = base.to_flat(), {}
+    for param in params:
+        if param.when is None or param.when.holds(values):
+            chosen[param.key] = values[param.key] = param.extreme(end)  # type: ignore[arg-type]
+    return chosen
+
+
+def _check_extremes(base: Config, params: tuple[Param, ...], out: Problems) -> None:
+    """Ranges that are fine alone can fail together, e.g. every loss weight 0 at once."""
+    for end in ("low", "high"):
+        chosen = extreme(base, params, end)
+        try:
+            base.override(chosen)
+        except ConfigError as exc:
+            shown = ", ".join(f"{k}={v!r}" for k, v in chosen.items())
+            for problem in exc.problems:
+                out.add(
+                    f"with every searched key at its {end}est ({shown}): {problem.key}: "
+                    f"{problem.message}; narrow the ranges (e.g. keep an anchor term's weight "
+                    "fixed > 0)",
+                    f"search.{problem.key}" if problem.key in chosen else "search",
+                    "search",
+                )
+
+
+def _active(cfg: Config) -> list[str]:
+    return [
+        name
+        for name, term in cfg.active_terms().items()
+        if term["weight"] > 0 or (term.get("ramp_from") or 0) > 0
+    ]

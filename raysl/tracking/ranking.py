@@ -1,0 +1,156 @@
+"""The leaderboard of a study: its trials ranked by one metric, as rows and as files."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from raysl.errors import ConfigError, Problem
+from raysl.tracking.store import open_client, search_all, slug
+from raysl.yamlio import parse_value
+
+_FIRST = ("rank", "trial_id", "status", "epochs")
+
+
+@dataclass(frozen=True)
+class Study:
+    """A study's parent run and its trials' child runs (`mlflow.entities.Run`)."""
+
+    experiment: str
+    parent: Any
+    trials: list[Any]
+
+
+def newest_study(tracking_uri: str, name: str) -> Study:
+    """The most recently started study (parent run) of experiment `name`, with its trials.
+
+    Raises:
+        ConfigError: no store, no such experiment (the message lists those there), or no study.
+    """
+    client = open_client(tracking_uri, must_exist=True)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None or experiment.lifecycle_stage != "active":
+        names = sorted(e.name for e in client.search_experiments() if e.name != "Default")
+        raise ConfigError(
+            Problem(
+                f"no experiment {name!r} in {tracking_uri}; experiments there: "
+                + (", ".join(names) or "none (run a study first)"),
+                key="NAME",
+            )
+        )
+    eid = experiment.experiment_id
+    parents = client.search_runs(
+        [eid], "tags.`raysl.kind` = 'study'", order_by=["attributes.start_time DESC"], max_results=1
+    )
+    if not parents:
+        raise ConfigError(
+            Problem(f"experiment {name!r} holds no raysl study (no run tagged raysl.kind=study)")
+        )
+    parent = parents[0]
+    trials = search_all(client, eid, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    return Study(name, parent, trials)
+
+
+def rank_trials(
+    study: Study, top: int | None = 10, metric: str = "val/knn_top1", mode: str = "max"
+) -> list[dict[str, Any]]:
+    """One row per trial, best first by the trial's last reported `metric`; the top `top`.
+
+    Row keys, the same in every row: rank, trial_id, status, epochs, `metric`, the searched
+    params (typed back from their text), every other metric (last value), run_id, trial_name.
+    Failed trials come after the others, and trials without the metric (or NaN) last
+    within each group.
+    """
+    if mode not in ("max", "min"):
+        raise ConfigError(Problem(f"must be max or min (got {mode!r})", key="--mode"))
+    logged = {key for run in study.trials for key in run.data.metrics}
+    if logged and metric not in logged:
+        raise ConfigError(
+            Problem(
+                f"no trial of study {study.parent.info.run_name!r} logged {metric!r}; "
+                f"logged metrics: {', '.join(sorted(logged))}",
+                key="--metric",
+            )
+        )
+    searched = sorted(
+        {
+            key
+            for run in study.trials
+            for key in run.data.tags.get("raysl.searched", "").split(",")
+            if key
+        }
+    )
+    others = sorted(logged - {metric, "epoch"})
+    rows = [_row(run, metric, searched, others) for run in study.trials]
+    sign = -1.0 if mode == "max" else 1.0
+    rows.sort(
+        key=lambda r: (
+            r["status"] == "failed",
+            r[metric] is None,
+            sign * r[metric] if r[metric] is not None else 0.0,
+            r["trial_id"],
+        )
+    )
+    for rank, row in enumerate(rows, start=1):
+        row["rank"] = rank
+    rows = [
+        {key: row[key] for key in (*_FIRST, metric, *searched, *others, "run_id", "trial_name")}
+        for row in rows
+    ]
+    return rows[:top] if top else rows
+
+
+def leaderboard(
+    tracking_uri: str,
+    name: str,
+    top: int | None = 10,
+    metric: str = "val/knn_top1",
+    mode: str = "max",
+) -> list[dict[str, Any]]:
+    """The ranked trials of the newest study of experiment `name` (see `rank_trials`)."""
+    return rank_trials(newest_study(tracking_uri, name), top, metric, mode)
+
+
+def write_leaderboard(rows: list[Mapping[str, Any]], out_dir: Path, name: str) -> tuple[Path, Path]:
+    """Write `out_dir/<name>_leaderboard.parquet` and `.csv`; returns both paths."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"{slug(name)}_leaderboard"
+    columns = list(rows[0]) if rows else list(_FIRST)
+    arrays = {}
+    for column in columns:
+        values = [row.get(column) for row in rows]
+        try:
+            arrays[column] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types: keep them as text
+            arrays[column] = pa.array([None if v is None else str(v) for v in values], pa.string())
+    parquet = stem.with_suffix(".parquet")
+    pq.write_table(pa.table(arrays), parquet)
+    csv_path = stem.with_suffix(".csv")
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
+    return parquet, csv_path
+
+
+def _row(run: Any, metric: str, searched: list[str], others: list[str]) -> dict[str, Any]:
+    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+    value = metrics.get(metric)
+    epochs = metrics.get("epoch", tags.get("raysl.stopped_at_epoch"))
+    return {
+        "trial_id": tags.get("raysl.trial_id", run.info.run_name),
+        "status": tags.get("raysl.status") or run.info.status.lower(),
+        "epochs": int(float(epochs)) if epochs is not None else None,
+        metric: value if value is not None and math.isfinite(value) else None,
+        **{key: parse_value(params[key]) if key in params else None for key in searched},
+        **{key: metrics.get(key) for key in others},
+        "run_id": run.info.run_id,
+        "trial_name": run.info.run_name,
+    }
