@@ -59,9 +59,11 @@ def fit(
     """
     reporter = reporter or Reporter()
     rt = runtime or Runtime.from_env(cfg.device)
+    started = time.perf_counter()
     try:
         feed = feed or in_memory_feed(cfg.data, cfg.seed, rt)
         run = _Run(cfg, rt, name, Path(checkpoint_dir) if checkpoint_dir else None, feed)
+        run.started = started
         if resume_from is not None:
             run.restore(load_checkpoint(resume_from))
         return run.train(reporter)
@@ -82,6 +84,7 @@ class _Run:
         self.batches = feed.train
         self.num_samples = feed.num_samples
         self.feed = feed
+        self.started = time.perf_counter()  # fit() overwrites it with its own start
         _, channels, height, _ = splits.train.images.shape
         self.augment = Augment(cfg.augment, channels, height, splits.mean, splits.std)
         self.criterion = build_criterion(
@@ -209,6 +212,8 @@ class _Run:
                     cfg.checkpoint.keep,
                     {"metrics": metrics},
                 )
+            # seconds inside fit() so far (data, setup, epochs, evaluation, checkpoints)
+            metrics["time/elapsed"] = time.perf_counter() - self.started
             reporter.epoch(metrics, checkpoint)
         summary = {
             **(self.history[-1] if self.history else {}),

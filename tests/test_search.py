@@ -258,6 +258,13 @@ MALFORMED = {
         "num_samples",
     ),
     "max_concurrent": (S, "  max_concurrent: 0", {}, ["auto or an integer >= 1"], "max_concurrent"),
+    "max_failures": (
+        S,
+        "  max_failures: -1",
+        {},
+        ["tune.max_failures", "integer >= 0", "retries"],
+        "max_failures",
+    ),
     "grace > epochs": (
         S,
         "  scheduler: {asha: {grace_period: 11}}",
@@ -374,14 +381,14 @@ def test_a_study_loads_with_its_settings(tmp_path: Path) -> None:
         "  metric: val/knn_top1\n  mode: max\n  num_samples: 6\n  max_concurrent: 2\n"
         "  resources: {cpu: 2, gpu: 0, workers: 2}\n"
         "  scheduler: {asha: {grace_period: 3, reduction_factor: 2}}\n"
-        "  seed: 7\n  time_budget_s: 60\n  startup_trials: 3"
+        "  seed: 7\n  time_budget_s: 60\n  startup_trials: 3\n  max_failures: 2"
     )
     spec = load_search_spec(write(tmp_path, tune=tune))
     t = spec.tune
     assert (t.metric, t.mode, t.num_samples, t.max_concurrent) == ("val/knn_top1", "max", 6, 2)
     assert t.resources == Resources(cpu=2.0, gpu=0.0, workers=2)
     assert t.scheduler == Asha(grace_period=3, reduction_factor=2)
-    assert (t.seed, t.time_budget_s, t.startup_trials) == (7, 60.0, 3)
+    assert (t.seed, t.time_budget_s, t.startup_trials, t.max_failures) == (7, 60.0, 3, 2)
     assert [p.key for p in spec.params] == ["optim.lr"] and spec.params[0].log
     # ASHA (and Tune's strict metric check) needs val/knn_top1 every epoch: set, and noted
     assert spec.base.eval.every == 1 and "eval.every set from 5 to 1" in spec.notes[0]

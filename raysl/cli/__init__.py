@@ -69,6 +69,16 @@ class _LazyGroup(click.Group):
             "tune",
             "Run a hyperparameter study: Ray Tune + Optuna + ASHA, logged to MLflow.",
         ),
+        "launch": (
+            "raysl.cli.launch",
+            "launch",
+            "Bring up a Ray cluster (or a KubeRay RayJob) and run a study on it as a Ray Job.",
+        ),
+        "doctor": (
+            "raysl.cli.doctor",
+            "doctor",
+            "Check a cluster file, and a running cluster node by node, before a study.",
+        ),
     },
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )

@@ -85,8 +85,6 @@ def tune(
         )
     out = out or Path("runs") / spec.name
     storage = storage or str(out.resolve().parent)
-    if out.name != spec.name and storage == str(out.resolve().parent):
-        pass  # Tune names the experiment after the study; a custom --out keeps its own files
     if not resume and (out / "study.json").exists():
         raise ConfigError(
             Problem(

@@ -124,6 +124,7 @@ def run_study(
                         storage_path=storage,
                         callbacks=[_StudyCallback(key)],
                         checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=1),
+                        failure_config=ray.tune.FailureConfig(max_failures=spec.tune.max_failures),
                         verbose=0,
                     ),
                 )

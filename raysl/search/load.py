@@ -23,7 +23,14 @@ from raysl.search.tune import parse_tune
 from raysl.yamlio import flatten, merge, unflatten
 
 # what `fit` reports every epoch, besides train/loss/<term> and train/weight/<term> (ramps)
-EPOCH_METRICS = ("val/knn_top1", "train/loss", "lr", "train/throughput", "train/epoch_time")
+EPOCH_METRICS = (
+    "val/knn_top1",
+    "train/loss",
+    "lr",
+    "train/throughput",
+    "train/epoch_time",
+    "time/elapsed",
+)
 
 
 def load_search_spec(

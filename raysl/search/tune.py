@@ -21,6 +21,7 @@ TUNE_KEYS = (
     "seed",
     "time_budget_s",
     "startup_trials",
+    "max_failures",
     "config",  # base-config overrides for the study's trials (read by load_search_spec)
 )
 RESOURCE_KEYS = ("cpu", "gpu", "workers")
@@ -63,6 +64,9 @@ def parse_tune(raw: Mapping[str, Any], out: Problems) -> TuneSettings:
         seed=out.integer(raw, "seed", "tune", d.seed),
         time_budget_s=None if budget is None else float(budget),
         startup_trials=out.integer(raw, "startup_trials", "tune", d.startup_trials, 0),
+        max_failures=out.integer(
+            raw, "max_failures", "tune", d.max_failures, 0, ", retries of a failed trial"
+        ),
     )
 
 
