@@ -65,8 +65,10 @@ def write_space(directory: Path, name: str, trials: int, epochs: int, **tune: An
     return path
 
 
-def run(directory: Path, space: Path) -> tuple[float, list[dict[str, float]]]:
-    """Run the study; returns its wall time and, per trial, wall time and time inside fit."""
+def run(directory: Path, space: Path) -> tuple[float, list[dict[str, float]], float, float]:
+    """Run the study; returns its wall time, per trial the wall time and time inside fit, and
+    the fixed costs: seconds before the first trial starts (Ray, MLflow, Optuna set-up) and
+    after the last one ends (leaderboard, Optuna plots, artifacts, Ray shutdown)."""
     from mlflow.tracking import MlflowClient
 
     from raysl.launch.ray_tune import run_study
@@ -74,9 +76,10 @@ def run(directory: Path, space: Path) -> tuple[float, list[dict[str, float]]]:
     spec = load_search_spec(space)
     uri = f"sqlite:///{directory}/mlflow.db"
     out = directory / "runs" / spec.name
-    started = time.perf_counter()
+    started, started_unix = time.perf_counter(), time.time()
     run_study(spec, out, str(directory / "runs"), uri, live=False)
     wall = time.perf_counter() - started
+    ended_unix = time.time()
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(spec.name)
     trials = []
@@ -86,8 +89,11 @@ def run(directory: Path, space: Path) -> tuple[float, list[dict[str, float]]]:
         history = client.get_metric_history(child.info.run_id, "time/elapsed")
         inside = max(history, key=lambda m: m.step).value
         trial_wall = (child.info.end_time - child.info.start_time) / 1000
-        trials.append({"wall": trial_wall, "fit": inside, "overhead": trial_wall - inside})
-    return wall, trials
+        trials.append({"wall": trial_wall, "fit": inside, "overhead": trial_wall - inside,
+                       "start": child.info.start_time / 1000, "end": child.info.end_time / 1000})  # fmt: skip
+    before = min(t["start"] for t in trials) - started_unix
+    after = ended_unix - max(t["end"] for t in trials)
+    return wall, trials, before, after
 
 
 def spread(values: list[float]) -> str:
@@ -114,14 +120,17 @@ def main() -> None:
     for title, name, trials, tune in cases:
         with tempfile.TemporaryDirectory(prefix="raysl-bench-tune-") as tmp:
             directory = Path(tmp)
-            wall, rows = run(directory, write_space(directory, name, trials, args.epochs, **tune))
+            space = write_space(directory, name, trials, args.epochs, **tune)
+            wall, rows, before, after = run(directory, space)
         fit_sum = sum(r["fit"] for r in rows)
         lines.append(
             f"{title}: {len(rows)} trials, study wall {wall:.1f} s\n"
             f"    per trial: wall {spread([r['wall'] for r in rows])}, inside fit() "
             f"{spread([r['fit'] for r in rows])}, overhead {spread([r['overhead'] for r in rows])}\n"
             f"    study wall / sum of fit time = {wall:.1f} / {fit_sum:.1f} = {wall / fit_sum:.2f} "
-            f"(includes starting and stopping the local Ray cluster)"
+            f"(includes the fixed costs)\n"
+            f"    fixed: {before:.1f} s before the first trial (Ray start, MLflow, Optuna), "
+            f"{after:.1f} s after the last (plots, artifacts, Ray shutdown)"
         )
         print(lines[-1], flush=True)
     print("\nsummary")

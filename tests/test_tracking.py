@@ -20,7 +20,14 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from raysl.errors import ConfigError
-from raysl.tracking import StudyTracker, code_version, leaderboard, resolve_tracking_uri
+from raysl.tracking import (
+    StudyTracker,
+    code_version,
+    leaderboard,
+    newest_study,
+    rank_trials,
+    resolve_tracking_uri,
+)
 from raysl.yamlio import flatten, unflatten
 from tests.conftest import free_port
 
@@ -376,6 +383,29 @@ def test_plots_skipped_with_too_few_trials(
     # Without a config, best_config.yaml is rebuilt from the best trial's params, typed.
     path = client.download_artifacts(tracker.parent_run_id, "best_config.yaml")
     assert yaml.safe_load(Path(path).read_text())["config"] == CONFIG
+
+
+def test_trials_tune_lost_are_set_apart_after_a_completed_study(sqlite_uri: str) -> None:
+    """A trial started just before a driver died, and missing from Tune's snapshot, is still
+    RUNNING when the resumed study completes: it ends KILLED, out of the study's trials."""
+    tracker = StudyTracker(sqlite_uri, "lost", "study-l")
+    for trial_id in ("t0", "t1"):
+        tracker.trial_started(trial_id, f"trial_{trial_id}", flatten(CONFIG), SEARCHED)
+        tracker.trial_result(trial_id, {"val/knn_top1": 10.0}, step=1)
+    tracker.trial_ended("t0", "completed")
+    tracker.study_ended({"trial_id": "t0", "metrics": {}}, "completed")
+    client = MlflowClient(sqlite_uri)
+    exp_id = client.get_experiment_by_name("lost").experiment_id
+    runs = {
+        r.data.tags["raysl.trial_id"]: r for r in _children(client, exp_id, tracker.parent_run_id)
+    }
+    assert runs["t1"].info.status == "KILLED" and runs["t1"].data.tags["raysl.kind"] == "lost_trial"
+    assert (
+        runs["t1"].data.tags["raysl.status"] == "lost"
+        and "snapshot" in runs["t1"].data.tags["raysl.reason"]
+    )
+    assert runs["t0"].info.status == "FINISHED" and runs["t0"].data.tags["raysl.kind"] == "trial"
+    assert [r["trial_id"] for r in rank_trials(newest_study(sqlite_uri, "lost"))] == ["t0"]
 
 
 def test_trials_from_several_threads(sqlite_uri: str) -> None:

@@ -36,6 +36,7 @@ import ray.tune
 from ray.tune.search.optuna import OptunaSearch
 
 from raysl.config import Config
+from raysl.launch.session import DRIVER_RESOURCE
 from raysl.reporting import Reporter
 from raysl.search import SearchSpec
 from raysl.study_console import StudyTable
@@ -118,6 +119,7 @@ def run_study(
                         num_samples=spec.tune.num_samples,
                         max_concurrent_trials=concurrency,
                         time_budget_s=spec.tune.time_budget_s,
+                        reuse_actors=True,  # no fresh process (and torch import) per trial
                     ),
                     run_config=ray.tune.RunConfig(
                         name=spec.name,
@@ -259,7 +261,15 @@ def _trainable(spec: SearchSpec, storage: str) -> Any:
         name=spec.name,
         resources=(r.workers, r.cpu, r.gpu),
     )
-    return ray.tune.with_resources(function, {"cpu": 0.01})  # the trial is only a driver
+    return ray.tune.with_resources(function, _driver_resources())  # the trial only drives
+
+
+def _driver_resources() -> dict[str, float]:
+    """What a multi-worker trial (a Ray Train driver) reserves: a sliver of raysl's driver
+    resource where the cluster has it (local clusters raysl starts), else 0.01 CPU."""
+    if ray.cluster_resources().get(DRIVER_RESOURCE):
+        return {DRIVER_RESOURCE: 0.001}
+    return {"cpu": 0.01}
 
 
 def _auto_concurrency(spec: SearchSpec) -> int:

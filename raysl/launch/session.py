@@ -19,7 +19,15 @@ _QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
     "RAY_AIR_NEW_OUTPUT": "0",  # Tune's new output prints its banner even at verbose=0
+    # snapshot the experiment state on every loop (default: at most every 10 s), so a killed
+    # driver's study resumes knowing every trial it started
+    "TUNE_GLOBAL_CHECKPOINT_S": "0",
 }
+
+
+# A custom resource of the local clusters raysl starts: a trial that only drives a Ray Train run
+# (several workers) reserves a sliver of it instead of CPU, so `workers x cpu` may use every CPU.
+DRIVER_RESOURCE = "raysl_driver"
 
 
 @contextmanager
@@ -40,6 +48,7 @@ def ray_session(
         ray.init(
             address=address,
             num_cpus=num_cpus if address is None else None,
+            resources={DRIVER_RESOURCE: 1.0} if address is None else None,
             include_dashboard=False,
             log_to_driver=False,
             logging_level=logging.WARNING,

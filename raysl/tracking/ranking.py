@@ -51,7 +51,11 @@ def newest_study(tracking_uri: str, name: str) -> Study:
             Problem(f"experiment {name!r} holds no raysl study (no run tagged raysl.kind=study)")
         )
     parent = parents[0]
-    trials = search_all(client, eid, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    trials = search_all(
+        client,
+        eid,
+        f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.`raysl.kind` = 'trial'",
+    )
     return Study(name, parent, trials)
 
 

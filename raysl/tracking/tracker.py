@@ -281,15 +281,23 @@ class StudyTracker:
             ) from None
 
     def _close_running_trials(self, status: str) -> None:
+        """End the trial runs still RUNNING. After a completed study these are trials Tune
+        lost: started just before a killed driver's last experiment snapshot, so the resumed
+        study ran others in their place. They stay visible, but not as trials of the study."""
         for run in self._children(running_only=True):
-            log_tags(
-                self.client,
-                run.info.run_id,
-                {
+            if status == "completed":
+                tags = {
+                    "raysl.kind": "lost_trial",
+                    "raysl.status": "lost",
+                    "raysl.reason": "started just before the driver died and not in Tune's last "
+                    "snapshot; the resumed study ran another trial in its place",
+                }
+            else:
+                tags = {
                     "raysl.status": "interrupted",
                     "raysl.reason": f"the study ended ({status}) while it ran",
-                },
-            )
+                }
+            log_tags(self.client, run.info.run_id, tags)
             self.client.set_terminated(run.info.run_id, "KILLED")
 
     def _mark_best(self, best: Mapping[str, Any]) -> dict[str, str]:

@@ -26,7 +26,12 @@ EPOCHS = 3
 
 
 def study_file(
-    tmp_path: Path, name: str = "tiny_study", num_samples: int = 6, scheduler: object = None
+    tmp_path: Path,
+    name: str = "tiny_study",
+    num_samples: int = 6,
+    scheduler: object = None,
+    resources: dict | None = None,
+    max_concurrent: int = 2,
 ) -> Path:
     from raysl.yamlio import unflatten
 
@@ -55,8 +60,8 @@ def study_file(
             "metric": "val/knn_top1",
             "mode": "max",
             "num_samples": num_samples,
-            "max_concurrent": 2,
-            "resources": {"cpu": 1},
+            "max_concurrent": max_concurrent,
+            "resources": resources or {"cpu": 1},
             "scheduler": scheduler
             if scheduler is not None
             else {"asha": {"grace_period": 1, "reduction_factor": 2}},
@@ -202,6 +207,38 @@ def test_study_with_a_real_mlflow_server(tmp_path: Path, mlflow_server: str) -> 
         a.path for a in client.list_artifacts(parent.info.run_id)
     }  # proxied artifacts
     assert socket.gethostbyname("localhost") == "127.0.0.1"
+
+
+def test_trials_with_two_workers_run_ray_train(tmp_path: Path) -> None:
+    """workers: 2 -> each trial drives a TorchTrainer of 2 workers (1 CPU each: every CPU of
+    this machine, so the trial itself must not hold one) and its epochs reach MLflow."""
+    space = study_file(
+        tmp_path,
+        name="ddp_study",
+        num_samples=2,
+        scheduler="none",
+        resources={"cpu": 1, "workers": 2},
+        max_concurrent=1,
+    )
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    storage = tmp_path / "storage"
+    proc = run_cli(
+        "tune", str(space), "--out", str(tmp_path / "runs" / "ddp_study"),
+        "--storage", str(storage), "--tracking-uri", uri, "-q",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    parent, children = _runs(uri, "ddp_study")
+    assert parent.info.status == "FINISHED" and len(children) == 2
+    for child in children:
+        assert child.info.status == "FINISHED"
+        history = client.get_metric_history(child.info.run_id, "val/knn_top1")
+        assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1))
+        trial_id = child.data.tags["raysl.trial_id"]
+        train_run = storage / f"ddp_study-train-{trial_id}"
+        assert train_run.is_dir(), sorted(p.name for p in storage.iterdir())  # a Ray Train run
 
 
 def test_killed_driver_resumes_without_duplicates(tmp_path: Path) -> None:
