@@ -26,7 +26,7 @@ def test_run_file_validates_and_documents_itself(path: Path) -> None:
 
 @pytest.mark.slow
 def test_quickstart_beats_raw_pixels(tmp_path: Path) -> None:
-    """The README's main command: learned features beat raw pixels (92.78 % test kNN)."""
+    """`raysl train` on the quickstart file: learned features beat raw pixels (92.78 % test kNN)."""
     proc = run_cli(
         "train", str(REPO / "search_spaces" / "quickstart.yaml"), "--out", str(tmp_path / "q"), "-q"
     )
