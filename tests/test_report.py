@@ -22,7 +22,7 @@ from tests.conftest import REPO, free_port, run_cli
 # trial -> (status, [val/knn_top1 per epoch], train/loss, optim.lr)
 TRIALS = {
     "a": ("completed", [10.0, 20.0, 30.0], 1.0, 0.1),
-    "b": ("stopped", [25.0], 2.0, 0.2),
+    "b": ("stopped", [35.0], 2.0, 0.2),  # above "a", but ASHA stopped it after one epoch
     "c": ("failed", [50.0, 90.0], 0.5, 0.3),
     "d": ("completed", [15.0, 30.0, 40.0], 1.5, 0.4),
     "e": ("failed", [], None, 0.5),
@@ -76,10 +76,11 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 def test_leaderboard_ranks_the_newest_study(store: tuple[Path, str]) -> None:
     _, uri = store
     rows = leaderboard(uri, "demo", top=10, metric="val/knn_top1", mode="max")
-    # Best last value first; failed trials after the others; no metric last.
+    # Full-budget trials first (as the study's leaderboard), then stopped, then failed; best
+    # last value first within each; no metric last.
     assert [r["trial_id"] for r in rows] == ["d", "a", "b", "c", "e"]
     assert [r["rank"] for r in rows] == [1, 2, 3, 4, 5]
-    assert [r["val/knn_top1"] for r in rows] == [40.0, 30.0, 25.0, 90.0, None]
+    assert [r["val/knn_top1"] for r in rows] == [40.0, 30.0, 35.0, 90.0, None]
     assert [r["status"] for r in rows] == ["completed", "completed", "stopped", "failed", "failed"]
     assert [r["epochs"] for r in rows] == [3, 3, 1, 2, None]
     assert rows[0]["optim.lr"] == 0.4 and isinstance(rows[0]["optim.lr"], float)
@@ -111,7 +112,7 @@ def test_write_leaderboard(store: tuple[Path, str], tmp_path: Path) -> None:
     table = pq.read_table(parquet)
     assert table.column_names == list(rows[0])
     assert table.column("trial_id").to_pylist() == ["d", "a", "b", "c", "e"]
-    assert table.column("val/knn_top1").to_pylist() == [40.0, 30.0, 25.0, 90.0, None]
+    assert table.column("val/knn_top1").to_pylist() == [40.0, 30.0, 35.0, 90.0, None]
     with open(csv_path, newline="") as f:
         records = list(csv.DictReader(f))
     assert [r["trial_id"] for r in records] == ["d", "a", "b", "c", "e"]

@@ -66,8 +66,9 @@ def rank_trials(
 
     Row keys, the same in every row: rank, trial_id, status, epochs, `metric`, the searched
     params (typed back from their text), every other metric (last value), run_id, trial_name.
-    Failed trials come after the others, and trials without the metric (or NaN) last
-    within each group.
+    As the study's own leaderboard (and its best trial): trials that ran their full budget
+    first, then those ASHA stopped or that were interrupted, then failed ones; trials without
+    the metric (or NaN) last within each group.
     """
     if mode not in ("max", "min"):
         raise ConfigError(Problem(f"must be max or min (got {mode!r})", key="--mode"))
@@ -93,7 +94,7 @@ def rank_trials(
     sign = -1.0 if mode == "max" else 1.0
     rows.sort(
         key=lambda r: (
-            r["status"] == "failed",
+            0 if r["status"] == "completed" else 2 if r["status"] == "failed" else 1,
             r[metric] is None,
             sign * r[metric] if r[metric] is not None else 0.0,
             r["trial_id"],
