@@ -57,6 +57,12 @@ def _worker(
         raise
     finally:
         torch.distributed.destroy_process_group()
+    # The result is on disk. Leave without the interpreter's teardown: now and then (about 1 in
+    # 50 runs here) a C++ thread left by DDP/gloo aborts the process there ("terminate called
+    # without an active exception"), which would fail a test whose every rank succeeded.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_distributed(fn: Callable[..., Any], world: int, *args: Any) -> list[Any]:
