@@ -32,13 +32,7 @@ _FIX = "point data.root at a directory written by `raysl data export`"
 
 def load_parquet(cfg: DataConfig, seed: int) -> Raw:
     """Read `cfg.root`/train and `cfg.root`/test shards; `seed` is unused."""
-    if cfg.root is None:
-        raise data_error(
-            "the parquet source needs a directory", f"set data.root (expected {_EXPECTED})"
-        )
-    root = require_dir(Path(cfg.root).expanduser(), _EXPECTED, _FIX)
-    if not (root / "train").is_dir():
-        raise data_error(f"no train/ subdirectory (expected {_EXPECTED})", _FIX, root)
+    root = parquet_root(cfg)
     train_images, train_labels = _read_split(root / "train", cfg.image_size, root)
     test_images = test_labels = None
     if (root / "test").is_dir():
