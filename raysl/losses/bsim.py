@@ -29,8 +29,9 @@ and the base method's own loss (loss_o) is a separate term, e.g. `infonce` weigh
 - base="moco": z_m is the online projection, keys are EMA-target projections (no gradient),
   and each of the two terms is a separate cross-entropy over {k+} ∪ queue [code: Un-Mix
   builder, logits_m and logits_m_flip]; the term keeps its own queue of the clean keys of
-  every view (as `infonce` with a queue; with both terms active the two queues hold the same
-  keys). At λ = 1 it equals `infonce` with the same queue.
+  view 2 (MoCo's im_k; one row per image per step, as `infonce` with a queue: with both
+  terms active the two queues hold the same keys). At λ = 1 it equals `infonce` with the
+  same queue.
 - base="byol"/"simsiam": l = ||n(p_m) − n(sg k)||² = 2 − 2 cos, with p_m the online predictor
   output of the mixture and k the EMA-target (BYOL) or stop-gradient online (SimSiam)
   projection. At λ = 1 it equals `similarity` (target "ema" / "stopgrad").
@@ -43,6 +44,9 @@ and the base method's own loss (loss_o) is a separate term, e.g. `infonce` weigh
   `unmix_prob` knob at 0.5; its default 0 means CutMix only).
 - Temperature: one τ for the mixtures (Un-Mix's builder divides its mixture logits by the
   base T too, although it also parses an unused T_m).
+
+Differences from the official code: none to list; BSIM has no official code, and the [recon]
+decisions above are where this term may differ from the paper.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ from torch import Tensor
 from raysl import distributed
 from raysl.errors import ConfigError, Problem
 from raysl.losses.base import LossTerm, NonNegativeInt, Outputs, Positive
-from raysl.losses.infonce import at_least_float32, moco_nll, push_keys
+from raysl.losses.infonce import KEY_VIEW, at_least_float32, moco_nll, push_keys
 from raysl.losses.kernel import masked_info_nce
 from raysl.losses.memory_bank import MemoryBank
 from raysl.losses.mixing import cutmix, cutmix_box, kept_fraction, mixup
@@ -217,7 +221,7 @@ class BSIM(LossTerm):
             losses.append(weight * nll[0] + (1 - weight) * nll[1])  # (B,)
         loss = torch.stack(losses).mean()
         if self.training:
-            push_keys(self.queue, k, out)
+            push_keys(self.queue, k[KEY_VIEW], out)
         return loss
 
     def extra_repr(self) -> str:

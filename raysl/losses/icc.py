@@ -5,13 +5,14 @@ arXiv:2301.03041.
 Official code: guijiejie/ICCL, `modules/head/icc_head.py` (`ICCHead`, `MomentumICCHead`),
 `modules/head/utilsfns.py` (`D`, `PCA`, `shoot_infs`), `modules/head/icc_backup.py` (`maxscale`).
 No part of this term is [recon]: every formula is read from that code. Where raysl departs
-from it, the `ICC` docstring says so and why.
+from it, the `ICC` docstring's "Differences from the official code" says so and why.
 """
 
 from __future__ import annotations
 
 import math
 from contextlib import nullcontext
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -32,12 +33,22 @@ class ICC(LossTerm):
         L_aug  = -(mean_b sum_d m_i log n_j + mean_b sum_d m_j log n_i) / 2
         pbar   = (sum_b n_i + sum_b n_j) / (2 B)             over the *global* batch
         L_unif = -(log D + mean_d log pbar_d)                 = KL(uniform || pbar) >= 0
-        L_sim  = the `Similarity` term: mean of 2 - 2 cos(p_v, q_w), v != w
-        L      = s(e) * mean_pairs(ratio * L_unif + L_aug) + (1 - s(e)) * sim_scale * L_sim
+        L      = s(e) * mean_pairs(ratio * L_unif + L_aug) + (1 - s(e)) * L_sim
 
-    with s(e) = maxscale * clip((e - switch_start) / (switch_end - switch_start), 0, 1) at the
-    (fractional) epoch e. Before `switch_start` the term equals `Similarity` exactly (value
-    and gradient); after `switch_end` it is the clustering loss (plus (1 - maxscale) L_sim).
+    with s(e) = maxscale * clip((e - switch_start) / (switch_end - switch_start), 0, 1), where
+    e is the integer epoch (`switch_per: epoch`, ICCL) or the fractional epoch of the step
+    (`switch_per: step`). The similarity part, with c(v, w) = cos(p_v, q_w) averaged over the
+    batch and over the ordered view pairs v != w:
+
+        sim_scale None (default), momentum=False:  L_sim = -mean c            (ICCHead: -cos)
+        sim_scale None (default), momentum=True:   L_sim = 2 mean (2 - 2c)    (MomentumICCHead:
+                                                   ||n(p1) - n(q2)||^2 + ||n(p2) - n(q1)||^2)
+        sim_scale = a:                              L_sim = a * mean (2 - 2c)  (a x `Similarity`)
+
+    So the defaults reproduce each official head exactly, value and gradient, and before
+    `switch_start` the term is SimSiam's loss (momentum=False) or BYOL's summed loss
+    (momentum=True); `sim_scale: 1` makes it equal to the `similarity` term instead, and
+    0.5 / 2 give the heads' gradients (ICCHead's value then differs by the constant 1).
 
     Two variants, as in the official code:
         momentum=False (`ICCHead`, SimSiam-like): q = the online projection z, detached.
@@ -49,22 +60,25 @@ class ICC(LossTerm):
     the targets gathered from every rank (detached), so every rank uses the same statistics and
     the loss and gradients equal one process on the global batch.
 
-    Departures from the official code:
-        * L_sim is `Similarity`'s 2 - 2 cos (mean over directions). `ICCHead` uses -cos
-          (half the gradient) and `MomentumICCHead` the *sum* of both directions (twice the
-          gradient); `sim_scale` = 0.5 or 2.0 restores their balance between L_sim and the
-          clustering loss during the switch. Default 1 (no hidden factor).
+    Differences from the official code:
         * log n uses `log_softmax` instead of `log(softmax)` + `shoot_infs`: identical where
           finite, and never -inf.
-        * s(e) uses the fractional epoch of each step (a smooth ramp); the official code uses
-          the integer epoch (constant within an epoch).
-        * PCA uses `torch.linalg.eigh` (the code's `torch.eig` was removed from PyTorch) and
-          fixes each eigenvector's sign so its largest-magnitude entry is positive; the code's
-          signs are whatever the solver returns. The softmax over dims is not sign-invariant,
-          so a fixed convention makes the term deterministic and identical on every rank.
-        * With V > 2 views, the clustering loss is averaged over all view pairs i < j (as the
-          code's multi-crop path does), with a PCA fitted per pair; `ICCHead`'s separate
-          global/local crop lists do not exist in raysl: every view is a "global" crop.
+        * PCA uses `torch.linalg.eigh` in the targets' precision (the code's `torch.eig`, on
+          a float32 covariance, was removed from PyTorch), and fixes each eigenvector's sign so
+          that its largest-magnitude entry is positive; ICCL keeps whatever signs the solver
+          returns. The softmax over dims is not sign-invariant, so values after the switch
+          differ from ICCL's wherever the solvers' signs differ; a fixed convention makes the
+          term deterministic and identical on every rank.
+        * PCA is fitted on the global batch (all ranks' targets); ICCL fits it per GPU on the
+          local batch. Identical on one process.
+        * PCA with momentum=True is raysl's addition (`MomentumICCHead` has none).
+        * More than two views: the term is averaged over all view pairs i < j, each with its
+          own PCA. That is ICCHead's multi-crop path with every view in its first crop list
+          (x1 = the V views, x2 empty); ICCL's own loop only ever passes two tensors, where
+          both agree. raysl has no second crop list, so ICCL's rule of leaving out the pairs
+          within x2 has nothing to apply to. `MomentumICCHead` uses only its first two views;
+          raysl uses every pair rather than dropping views the config asked for.
+        * `switch_per: step` (not the default) moves s every step instead of every epoch.
 
     Args:
         tau1: temperature of the online softmax n (the cap of the adaptive temperature when
@@ -81,8 +95,11 @@ class ICC(LossTerm):
         switch_start, switch_end: epochs E0 <= E1 of the linear switch s(e) from L_sim to the
             clustering loss. The official default [0, 0] (clustering loss from the start);
             the ImageNette recipe is [500, 600] of 1000 epochs, ImageNet [150, 180] of 300.
+        switch_per: "epoch" (default, ICCL): s follows the integer epoch, so a ramp of 10
+            epochs moves in 10 steps; "step": s follows the fractional epoch (a smooth ramp).
         maxscale: cap on s (`icc_backup.py`); < 1 keeps (1 - maxscale) of L_sim for good.
-        sim_scale: factor on L_sim (see above); 1 = the `Similarity` term's value.
+        sim_scale: None (default): the official head's L_sim (above); a number a: L_sim =
+            a x the `Similarity` term's mean of 2 - 2 cos, a knob for studies.
     """
 
     def __init__(
@@ -95,20 +112,26 @@ class ICC(LossTerm):
         momentum: bool = False,
         switch_start: NonNegative = 0.0,
         switch_end: NonNegative = 0.0,
+        switch_per: Literal["epoch", "step"] = "epoch",
         maxscale: Probability = 1.0,
-        sim_scale: Positive = 1.0,
+        sim_scale: Positive | None = None,
     ) -> None:
         super().__init__()
         if switch_end < switch_start:
             raise ValueError(f"switch_end ({switch_end}) must be >= switch_start ({switch_start})")
+        if switch_per not in ("epoch", "step"):
+            raise ValueError(f"switch_per must be 'epoch' or 'step', got {switch_per!r}")
         self.tau1, self.tau2, self.ratio = tau1, tau2, ratio
         self.adaptive, self.pca, self.momentum = adaptive, pca, momentum
-        self.switch_start, self.switch_end = switch_start, switch_end
+        self.switch_start, self.switch_end, self.switch_per = switch_start, switch_end, switch_per
         self.maxscale, self.sim_scale = maxscale, sim_scale
         self.requires = frozenset({"p", "z_target"} if momentum else {"p", "z"})
 
     def scale(self, epoch: float) -> float:
-        """s(e): 0 before switch_start, linear to maxscale at switch_end, then maxscale."""
+        """s(e): 0 before switch_start, linear to maxscale at switch_end, then maxscale; e is
+        the integer epoch (switch_per "epoch") or the fractional one ("step")."""
+        if self.switch_per == "epoch":
+            epoch = math.floor(epoch)
         if epoch < self.switch_start:
             ramp = 0.0
         elif epoch < self.switch_end:
@@ -116,6 +139,16 @@ class ICC(LossTerm):
         else:
             ramp = 1.0
         return self.maxscale * ramp
+
+    def similarity(self, p: Tensor, q: Tensor) -> Tensor:
+        """L_sim for predictions p and detached targets q, (V, B, D) each: the official head's
+        form (sim_scale None) or sim_scale x the mean of 2 - 2 cos."""
+        mean_distance = cross_view_similarity(p, q)  # mean over pairs and batch of 2 - 2 cos
+        if self.sim_scale is not None:
+            return self.sim_scale * mean_distance
+        if self.momentum:  # MomentumICCHead: the sum of both directions' 2 - 2 cos
+            return 2 * mean_distance
+        return mean_distance / 2 - 1  # ICCHead: -mean cos
 
     def forward(self, out: Outputs) -> Tensor:
         assert out.p is not None, "icc needs predictor outputs ('p')"
@@ -128,7 +161,7 @@ class ICC(LossTerm):
         s = self.scale(out.epoch)  # the same on every rank: the epoch is global
         loss = p.new_zeros(())
         if s < 1:
-            loss = loss + (1 - s) * self.sim_scale * cross_view_similarity(p, q)
+            loss = loss + (1 - s) * self.similarity(p, q)
         if s > 0:
             views = p.shape[0]
             with _no_autocast(p):  # softmax over dims at tau2 ~ 0.07 needs fp32 logits
@@ -171,7 +204,8 @@ class ICC(LossTerm):
         return (
             f"tau1={self.tau1}, tau2={self.tau2}, ratio={self.ratio}, adaptive={self.adaptive}, "
             f"pca={self.pca}, momentum={self.momentum}, switch=[{self.switch_start}, "
-            f"{self.switch_end}], maxscale={self.maxscale}, sim_scale={self.sim_scale}"
+            f"{self.switch_end}] per {self.switch_per}, maxscale={self.maxscale}, "
+            f"sim_scale={self.sim_scale}"
         )
 
 

@@ -14,7 +14,9 @@ from torch import Tensor
 from raysl import distributed
 
 
-def masked_info_nce(logits: Tensor, positives: Tensor, valid: Tensor) -> Tensor:
+def masked_info_nce(
+    logits: Tensor, positives: Tensor, valid: Tensor, count_empty: bool = False
+) -> Tensor:
     """Multi-positive InfoNCE: mean over anchors of -Σ_j w_ij log softmax_{V(i)}(l_i)_j / Σ_j w_ij.
 
     Args:
@@ -23,10 +25,12 @@ def masked_info_nce(logits: Tensor, positives: Tensor, valid: Tensor) -> Tensor:
             as potential-sample mining uses); zero off the positives.
         valid: (N, M) bool, True where column j may appear in the denominator; must contain
             every positive, and self-pairs are False.
+        count_empty: False: anchors without a positive are left out of the mean (PML,
+            SelfCon's `supcon_s`). True: they contribute 0 and count in the mean over all N
+            anchors (SupContrast's divisor-1 fix).
 
     Returns:
-        Scalar. Anchors without a positive are left out of the mean (no NaN); if no anchor
-        has one, the result is 0 with a gradient path to `logits`.
+        Scalar, never NaN; if no anchor has a positive, 0 with a gradient path to `logits`.
     """
     weights = positives.to(logits.dtype)
     log_prob = logits.masked_fill(~valid, float("-inf")).log_softmax(dim=1)  # (N, M)
@@ -36,10 +40,12 @@ def masked_info_nce(logits: Tensor, positives: Tensor, valid: Tensor) -> Tensor:
     if not bool(has_pos.any()):
         return logits.sum() * 0.0
     mean_log_prob = (weights * log_prob).sum(dim=1)[has_pos] / per_anchor[has_pos]
+    if count_empty:
+        return -mean_log_prob.sum() / len(logits)
     return -mean_log_prob.mean()
 
 
-def contrast_by_id(z: Tensor, ids: Tensor, temperature: float) -> Tensor:
+def contrast_by_id(z: Tensor, ids: Tensor, temperature: float, count_empty: bool = False) -> Tensor:
     """Views whose ids are equal are positives; every other column is a negative.
 
     Columns come from all ranks (gathered with gradient), anchors are this rank's rows.
@@ -48,6 +54,7 @@ def contrast_by_id(z: Tensor, ids: Tensor, temperature: float) -> Tensor:
         z: (V, B, D) projections of V views of this rank's B images.
         ids: (B,) dataset indices (InfoNCE) or class labels (SupCon); equal ids are positives.
         temperature: τ in exp(cos / τ).
+        count_empty: anchors without a positive count in the mean (see `masked_info_nce`).
     """
     views = z.shape[0]
     anchors = F.normalize(z.flatten(0, 1), dim=-1)  # (N, D), N = V*B, view-major
@@ -61,4 +68,4 @@ def contrast_by_id(z: Tensor, ids: Tensor, temperature: float) -> Tensor:
     valid = torch.ones_like(logits, dtype=torch.bool)
     valid[own, own + offset] = False  # an anchor is not its own negative
     positives = (anchor_ids[:, None] == column_ids[None, :]) & valid
-    return masked_info_nce(logits, positives, valid)
+    return masked_info_nce(logits, positives, valid, count_empty)

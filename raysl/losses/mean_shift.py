@@ -62,19 +62,37 @@ class MeanShift(LossTerm):
     pool and pseudo-labeller is the same as one process on the global batch would hold. The
     only gradient path is through p (neighbours are detached), so nothing crosses ranks.
 
-    Deviations from the official code:
+    Which setting reproduces which code: constraint "none" = MSF (UMBCvision/MSF, k=1 BYOL);
+    "2q" with beta 0.5 = CMSF-2Q (`train_cmsf_self.py`); "label" with beta 1 = supervised
+    CMSF (`train_cmsf_sup.py`); "pseudo_label" with beta 1 = semi-supervised CMSF
+    (`pseudo_cmsf.py`, up to the pseudo-labeller's training, below). symmetric=False, k, k'
+    as in `run_selfsup.sh` (k 5, k' 5). Values, gradients, bank and chosen neighbours agree
+    once no random initial row is left in play (below).
+
+    Differences from the official code:
         - the bank starts empty instead of random unit vectors (`MemoryBank`), and a bank
           smaller than one step's targets searches those targets instead of asserting;
-        - 2q: the pool starts empty, not random; an anchor whose image has fewer than two
-          stored targets is unconstrained, and bank entries without an older embedding are
-          never in the constraint set (the code would use random vectors in the first epoch).
-          The constraint set is the k' nearest *images*, not bank entries: entries of one
-          image share its older embedding, and the code's choice among such exact ties is
-          arbitrary (it differs only when an image is in the bank twice: symmetric=True, or
-          a bank longer than an epoch);
-        - label/pseudo_label: entries of another class get d + 5 instead of exactly 5, so if
-          fewer than k share the label, the nearest others fill up (the code takes arbitrary
-          ones). The official supervised and semi-supervised scripts use only L_c: beta=1;
+        - 2q, first epoch: the pool starts empty, not with `randn` vectors. An anchor whose
+          image has fewer than two stored targets is unconstrained, and images without an
+          older embedding are never in the constraint set. The official code searches its
+          initial random pool there: unnormalised Gaussian vectors (norm ~ sqrt(D), e.g. ~5.6
+          at D = 32), so 2 - 2 v'·m' is dominated by the random vectors' norms and the first
+          epoch's constraint sets are noise, not neighbours under another augmentation. raysl
+          keeps this departure because it removes that artefact. The two agree once every
+          anchor and every bank row's image has two stored targets: K/B steps into the
+          second epoch;
+        - 2q: the constraint set is the k' nearest *images*, not bank rows. Rows of one image
+          share its older embedding, so they are exact ties, and the code's choice among them
+          follows `topk`'s tie order (one row of an image may be in the set and the other
+          not, and one image may take two of the k' places). Kept: it makes the set
+          independent of tie order and of where a row sits in the bank. Identical whenever
+          each image is in the bank at most once (symmetric=False and a bank no longer than
+          an epoch, the official setting);
+        - label/pseudo_label: rows of another class get d + 5 instead of exactly 5.0. Kept:
+          when fewer than k rows share the anchor's label, the code's fill-up is an arbitrary
+          pick among exact ties at 5.0 (at the start, its random initial rows with label -1);
+          here the nearest other rows fill up. Identical whenever k rows share the label.
+          The official supervised and semi-supervised scripts use only L_c: beta=1;
         - pseudo_label: the MLP has no batch norm (per-rank batch statistics would make ranks
           disagree) and is trained online, every step, with cross-entropy on the labelled
           target rows instead of being retrained from scratch on cached features twice an

@@ -44,6 +44,9 @@ Reconstructed choices ([recon], none checked against the paper's text):
   every negative): mining on a random embedding would mine noise. The queue fills anyway.
 - Similarities, band and quantiles are computed in float32 or wider, outside autocast: a
   bf16 cosine near 1 is off by up to ~4e-3, enough to move negatives across the band.
+
+Differences from the official code: none to list; no official code was found, and the
+[recon] choices above are where this term may differ from the paper.
 """
 
 from __future__ import annotations

@@ -3,6 +3,13 @@ SimSiam (Chen & He, 2021, arXiv:2011.10566, eqs. 1-2).
 
 Official code: google-deepmind/byol (`byol/byol.py`, `regression_loss`) and
 facebookresearch/simsiam (`simsiam/builder.py` with `nn.CosineSimilarity` in `main_simsiam.py`).
+
+Differences from the official code, all deliberate:
+- Scale: this term is the *mean* over the two directions of 2 − 2 cos. BYOL's code sums the
+  two directions (2x this value and gradient); SimSiam's is −(cos(p1, z2) + cos(p2, z1)) / 2
+  (this value / 2 − 1, half the gradient). The minimiser is the same and `weight` absorbs the
+  factor. (`icc` reproduces each ICCL head's own scale by default: its `sim_scale`.)
+- V > 2 views: the mean over the V(V−1) ordered view pairs; the official code has two views.
 """
 
 from __future__ import annotations

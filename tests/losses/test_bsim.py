@@ -138,10 +138,10 @@ def test_lambda_one_is_the_similarity_loss(base: str, target: str) -> None:
 def test_lambda_one_is_moco_with_the_same_queue() -> None:
     bsim = BSIM("moco", temperature=0.2, queue_size=20, dim=5).double()
     moco = InfoNCE(0.2, queue_size=20, dim=5).double()
-    for step in range(3):  # both queues fill from the same keys: the 3rd step wraps around
+    for step in range(4):  # both queues fill from the same keys: the 4th step wraps around
         out = _clean(_outputs(seed=step))
         assert bsim(out).item() == pytest.approx(moco(out).item(), rel=1e-12)
-    assert step == 2 and len(bsim.queue) == 20
+    assert step == 3 and len(bsim.queue) == 20 and int(bsim.queue.pushed) > 20
     torch.testing.assert_close(bsim.queue.keys, moco.queue.keys, rtol=0, atol=0)
 
 

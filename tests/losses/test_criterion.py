@@ -71,3 +71,13 @@ def test_every_term_argument_is_a_dotted_config_key() -> None:
     assert {"loss.infonce.weight", "loss.infonce.temperature", "loss.infonce.ramp_start"} <= set(
         flat
     )
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_every_term_lists_its_differences_from_the_official_code(name: str) -> None:
+    """Each term's docstring (module or class) has the list, empty only where it says so."""
+    import sys
+
+    cls = LOSSES[name]
+    docs = (sys.modules[cls.__module__].__doc__ or "") + (cls.__doc__ or "")
+    assert "Differences from the official code" in docs, name

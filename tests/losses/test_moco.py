@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from raysl.config import Config
+from raysl.errors import ConfigError
 from raysl.losses import InfoNCE, Outputs
 from raysl.reporting import Recorder
 from raysl.train import fit
@@ -17,22 +18,30 @@ from tests.conftest import TINY
 from tests.losses.harness import assert_distributed_equivalent
 
 
-def moco_oracle(z, z_target, queue, temperature: float) -> float:
+def moco_oracle(z, z_target, queue, temperature: float, symmetric: bool = True) -> torch.Tensor:
     """MoCo: per query q (view v, image i) and positive k+ (view u != v, image i), the
-    cross-entropy at label 0 of [q·k+, q·queue_0, ..., q·queue_{K-1}] / τ; mean over all."""
+    cross-entropy at label 0 of [q·k+, q·queue_0, ..., q·queue_{K-1}] / τ; mean over all.
+    symmetric: every view is a query; otherwise only view 0 (MoCo v2's im_q), whose positives
+    are the keys of the other views (V=2: im_k). A differentiable scalar in z's dtype."""
     views, batch, _ = z.shape
-    total, count = 0.0, 0
-    for v in range(views):
+
+    def unit(x: torch.Tensor) -> torch.Tensor:
+        return x / torch.sqrt(sum(x[d] ** 2 for d in range(len(x))))
+
+    def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return sum(a[d] * b[d] for d in range(len(a)))
+
+    total, count = z.new_zeros(()), 0
+    for v in range(views) if symmetric else [0]:
         for i in range(batch):
-            q = F.normalize(z[v, i], dim=0)
+            q = unit(z[v, i])
             for u in range(views):
                 if u == v:
                     continue
-                k = F.normalize(z_target[u, i], dim=0)
-                logits = [float(q @ k) / temperature]
-                logits += [float(q @ F.normalize(r, dim=0)) / temperature for r in queue]
-                denom = sum(math.exp(x) for x in logits)
-                total += -math.log(math.exp(logits[0]) / denom)
+                positive = dot(q, unit(z_target[u, i].detach())) / temperature
+                negatives = [dot(q, unit(r)) / temperature for r in queue]
+                denominator = torch.exp(positive) + sum(torch.exp(x) for x in negatives)
+                total = total - torch.log(torch.exp(positive) / denominator)
                 count += 1
     return total / count
 
@@ -56,14 +65,35 @@ def _filled(term: InfoNCE, rows: int, seed: int = 9) -> torch.Tensor:
     return keys
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
 @pytest.mark.parametrize("views", [2, 3])
 @pytest.mark.parametrize("temperature", [0.1, 0.5])
-def test_moco_matches_the_naive_loop(views: int, temperature: float) -> None:
-    term = InfoNCE(temperature, queue_size=16, dim=4).double()
+def test_moco_matches_the_naive_loop(views: int, temperature: float, symmetric: bool) -> None:
+    """Value and gradient, float64, 1e-9; symmetric=False with V=2 is MoCo v2 itself."""
+    term = InfoNCE(temperature, queue_size=16, symmetric=symmetric, dim=4).double()
     queue = _filled(term, 11)
     out = _outputs(views)
-    want = moco_oracle(out.z, out.z_target, queue, temperature)
-    assert term(out).item() == pytest.approx(want, rel=1e-10)
+    z = out.z.clone().requires_grad_()
+    out.z = z
+    got = term(out)
+    (grad,) = torch.autograd.grad(got, z)
+    want = moco_oracle(z, out.z_target, queue, temperature, symmetric)
+    (want_grad,) = torch.autograd.grad(want, z)
+    assert got.item() == pytest.approx(want.item(), rel=1e-9, abs=1e-12)
+    torch.testing.assert_close(grad, want_grad, rtol=1e-9, atol=1e-12)
+    if not symmetric:  # only view 1 (index 0) is a query
+        assert not grad[1:].any()
+
+
+def test_symmetric_is_the_mean_of_moco_v2_and_its_mirror() -> None:
+    """With the same queue, symmetric (V=2) = (MoCo v2 on (x1, x2) + MoCo v2 on (x2, x1)) / 2."""
+    symmetric = InfoNCE(0.2, queue_size=8, dim=4).double().eval()
+    one_sided = InfoNCE(0.2, queue_size=8, symmetric=False, dim=4).double().eval()
+    torch.testing.assert_close(_filled(symmetric, 8), _filled(one_sided, 8))
+    out = _outputs(batch=6)
+    mirror = Outputs(z=out.z.flip(0), z_target=out.z_target.flip(0), sample_ids=out.sample_ids)
+    want = (one_sided(out) + one_sided(mirror)) / 2
+    assert symmetric(out).item() == pytest.approx(want.item(), rel=1e-12)
 
 
 def test_only_the_queue_gives_negatives() -> None:
@@ -88,45 +118,46 @@ def test_only_the_queue_gives_negatives() -> None:
 def test_requires_and_state_follow_the_queue() -> None:
     simclr, moco = InfoNCE(0.2), InfoNCE(0.2, queue_size=32, dim=8)
     assert simclr.requires == {"z"} and dict(simclr.state_dict()) == {}
-    assert moco.requires == {"z", "z_target"}
-    assert set(moco.state_dict()) == {"queue.keys", "queue.labels", "queue.index", "queue.pushed"}
-    assert moco.queue.keys.shape == (32, 8)
+    state = {"queue.keys", "queue.labels", "queue.index", "queue.pushed"}
+    for term in (moco, InfoNCE(0.2, queue_size=32, symmetric=False, dim=8)):
+        assert term.requires == {"z", "z_target"} and set(term.state_dict()) == state
+        assert term.queue.keys.shape == (32, 8)
 
 
-def test_keys_are_enqueued_image_major_after_the_loss() -> None:
-    term = InfoNCE(0.2, queue_size=64, dim=4).double()
+def test_one_sided_without_a_queue_is_rejected_with_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"^loss\.infonce\.symmetric: .*queue_size"):
+        InfoNCE(0.2, symmetric=False)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_view_two_keys_are_enqueued_once_per_image_after_the_loss(symmetric: bool) -> None:
+    term = InfoNCE(0.2, queue_size=64, symmetric=symmetric, dim=4).double()
     out = _outputs(views=2, batch=3)
     first = term(out)  # empty queue: no negatives yet
     assert first.item() == 0.0
     keys, labels, index = term.queue.read()
-    want = F.normalize(out.z_target, dim=-1).transpose(0, 1).reshape(6, 4)
+    want = F.normalize(out.z_target[1], dim=-1)  # MoCo's im_k: the second view's keys
     torch.testing.assert_close(keys, want)
-    assert index.tolist() == [0, 0, 1, 1, 2, 2] and labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert index.tolist() == [0, 1, 2] and labels.tolist() == [0, 1, 2]
     # the second step contrasts against the first step's keys
     out2 = _outputs(views=2, batch=3, seed=1)
-    want_loss = moco_oracle(out2.z, out2.z_target, want, 0.2)
-    assert term(out2).item() == pytest.approx(want_loss, rel=1e-10)
-    assert len(term.queue) == 12
+    want_loss = moco_oracle(out2.z, out2.z_target, want, 0.2, symmetric)
+    assert term(out2).item() == pytest.approx(want_loss.item(), rel=1e-10)
+    assert len(term.queue) == 6
     term.eval()
     term(out2)
-    assert len(term.queue) == 12, "evaluation does not enqueue"
+    assert len(term.queue) == 6, "evaluation does not enqueue"
 
 
-def test_empty_queue_and_queue_smaller_than_a_batch_are_finite() -> None:
-    term = InfoNCE(0.2, queue_size=3, dim=4)
-    z = torch.randn(2, 8, 4, requires_grad=True)
-    out = Outputs(z=z, z_target=torch.randn(2, 8, 4), sample_ids=torch.arange(8))
-    loss = term(out)  # empty queue
-    loss.backward()
-    assert loss.item() == 0.0 and torch.isfinite(z.grad).all() and not z.grad.abs().any()
-    assert len(term.queue) == 3  # 16 keys pushed, the newest 3 kept
-    newest = F.normalize(out.z_target, dim=-1).transpose(0, 1).reshape(16, 4)[-3:]
-    kept = term.queue.read()[0]  # storage order is circular: compare as sets of rows
-    assert all(torch.isclose(kept, row).all(dim=1).any() for row in newest)
-    z.grad = None
-    loss = term(out)
-    loss.backward()
-    assert torch.isfinite(loss) and loss.item() > 0 and z.grad.abs().sum() > 0
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_a_queue_never_holds_an_image_twice_from_one_step(symmetric: bool) -> None:
+    """K rows hold the last K images: each step adds one key per image (any V)."""
+    term = InfoNCE(0.2, queue_size=12, symmetric=symmetric, dim=4).double()
+    for step in range(4):
+        term(_outputs(views=3, batch=4, seed=step))
+    _, _, index = term.queue.read()
+    assert len(term.queue) == 12 and int(term.queue.pushed) == 16
+    assert len(set(index.tolist())) == 12  # the last 3 steps' 12 distinct images
 
 
 def test_no_gradient_reaches_the_keys() -> None:
@@ -193,12 +224,22 @@ def test_one_view_is_rejected() -> None:
 # ---- distributed: W processes == one process on the concatenated batch, queue included --------
 @pytest.mark.dist
 @pytest.mark.parametrize(
-    ("world", "size", "queue"), [(2, 12, 40), (3, 12, 7), (2, 2, 5), (3, 3, 5)]
+    ("world", "size", "queue", "symmetric"),
+    [
+        (2, 12, 40, True),
+        (3, 12, 7, True),
+        (2, 2, 5, True),
+        (3, 3, 5, True),
+        (2, 12, 30, False),  # MoCo v2: one query view, B keys a step
+        (3, 3, 2, False),
+    ],
 )
-def test_moco_distributed_equals_single_process(world: int, size: int, queue: int) -> None:
-    """Queues larger and smaller than a step's V·size keys, and per-rank batches of 1; the
-    harness also compares the queues (the term's state dict) of every rank."""
-    kwargs = {"temperature": 0.3, "queue_size": queue, "dim": 4}
+def test_moco_distributed_equals_single_process(
+    world: int, size: int, queue: int, symmetric: bool
+) -> None:
+    """Queues larger and smaller than a step's keys, and per-rank batches of 1; the harness
+    also compares the queues (the term's state dict) of every rank."""
+    kwargs = {"temperature": 0.3, "queue_size": queue, "symmetric": symmetric, "dim": 4}
     assert_distributed_equivalent(InfoNCE, kwargs, world, steps=3, size=size)
 
 

@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from raysl.config import Config
 from raysl.losses import InfoNCE, Outputs, SupCon
@@ -18,31 +17,39 @@ from tests.losses.harness import assert_distributed_equivalent
 
 
 def supcon_oracle(
-    z: torch.Tensor, labels: list[int], temperature: float, base_temperature: float | None = None
-) -> float:
+    z: torch.Tensor,
+    labels: list[int],
+    temperature: float,
+    base_temperature: float | None = None,
+    no_positive: str = "exclude",
+) -> torch.Tensor:
     """Eq. 2: L = Σ_i -1/|P(i)| Σ_{p∈P(i)} log exp(z_i·z_p/τ) / Σ_{a∈A(i)} exp(z_i·z_a/τ),
 
-    averaged over the anchors i with P(i) non-empty; A(i) = every view but i, P(i) = the views
-    in A(i) with i's label. Optionally times τ / base_τ (SupContrast's factor).
+    A(i) = every view but i, P(i) = the views in A(i) with i's label. "exclude": averaged over
+    the anchors with P(i) non-empty (PML, SelfCon supcon_s); "count": an anchor with P(i)
+    empty has loss 0 and the mean is over all anchors (SupContrast's divisor set to 1).
+    Optionally times τ / base_τ (SupContrast's factor). A differentiable scalar.
     """
-    views, batch, _ = z.shape
-    flat = F.normalize(z.reshape(views * batch, -1), dim=1).tolist()
+    views, batch, dim = z.shape
+    rows = [z[k // batch, k % batch] for k in range(views * batch)]  # view-major
+    flat = [r / torch.sqrt(sum(r[d] ** 2 for d in range(dim))) for r in rows]
     label = [labels[k % batch] for k in range(views * batch)]
     n = len(flat)
 
-    def sim(i: int, j: int) -> float:
-        return sum(a * b for a, b in zip(flat[i], flat[j])) / temperature
+    def sim(i: int, j: int) -> torch.Tensor:
+        return sum(flat[i][d] * flat[j][d] for d in range(dim)) / temperature
 
-    total, count = 0.0, 0
+    total, count = z.new_zeros(()), 0
     for i in range(n):
         others = [a for a in range(n) if a != i]
         positives = [p for p in others if label[p] == label[i]]
         if not positives:
+            count += no_positive == "count"  # SupContrast: 0 / 1 = 0, counted in the mean
             continue
-        log_denominator = math.log(sum(math.exp(sim(i, a)) for a in others))
-        total += -sum(sim(i, p) - log_denominator for p in positives) / len(positives)
+        log_denominator = torch.log(sum(torch.exp(sim(i, a)) for a in others))
+        total = total - sum(sim(i, p) - log_denominator for p in positives) / len(positives)
         count += 1
-    loss = total / count if count else 0.0
+    loss = total / count if count else total
     return loss * (temperature / base_temperature if base_temperature else 1.0)
 
 
@@ -60,7 +67,7 @@ def test_supcon_matches_the_paper(views: int, labels: list[int], temperature: fl
     z = torch.randn(views, len(labels), 5, dtype=torch.float64)
     out = Outputs(z=z, sample_ids=torch.arange(len(labels)), labels=torch.tensor(labels))
     assert SupCon(temperature)(out).item() == pytest.approx(
-        supcon_oracle(z, labels, temperature), rel=1e-10
+        supcon_oracle(z, labels, temperature).item(), rel=1e-10
     )
 
 
@@ -70,8 +77,49 @@ def test_base_temperature_is_supcontrasts_factor_and_off_by_default() -> None:
     labels = [0, 1, 0, 2, 1, 0]
     out = Outputs(z=z, sample_ids=torch.arange(6), labels=torch.tensor(labels))
     scaled = SupCon(0.1, base_temperature=0.07)(out).item()
-    assert scaled == pytest.approx(supcon_oracle(z, labels, 0.1, 0.07), rel=1e-10)
+    assert scaled == pytest.approx(supcon_oracle(z, labels, 0.1, 0.07).item(), rel=1e-10)
     assert scaled == pytest.approx(SupCon(0.1)(out).item() * 0.1 / 0.07, rel=1e-12)
+
+
+@pytest.mark.parametrize("no_positive", ["exclude", "count"])
+@pytest.mark.parametrize(
+    ("views", "labels"),
+    [
+        (1, [0, 1, 1, 2, 0, 3, 4, 0]),  # labels 2, 3 and 4: three anchors without a positive
+        (2, [0, 1, 0, 2, 1, 0]),  # every anchor has one: both settings agree
+    ],
+)
+def test_no_positive_settings_match_their_libraries(
+    views: int, labels: list[int], no_positive: str
+) -> None:
+    """Value and gradient against the loop, float64, 1e-9: "exclude" (PML / SelfCon) and
+    "count" (SupContrast), also with SupContrast's base-temperature factor."""
+    torch.manual_seed(7)
+    z = torch.randn(views, len(labels), 5, dtype=torch.float64, requires_grad=True)
+    out = Outputs(z=z, sample_ids=torch.arange(len(labels)), labels=torch.tensor(labels))
+    term = SupCon(0.2, base_temperature=0.07, no_positive=no_positive)
+    got = term(out)
+    (grad,) = torch.autograd.grad(got, z)
+    want = supcon_oracle(z, labels, 0.2, 0.07, no_positive)
+    (want_grad,) = torch.autograd.grad(want, z)
+    assert got.item() == pytest.approx(want.item(), rel=1e-9)
+    torch.testing.assert_close(grad, want_grad, rtol=1e-9, atol=1e-12)
+
+
+def test_count_is_exclude_times_the_share_of_anchors_with_a_positive() -> None:
+    """The issue's case: 2 of 16 anchors without a positive -> SupContrast = PML x 14/16."""
+    torch.manual_seed(8)
+    z = torch.randn(1, 16, 6, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 1, 2, 3] * 3 + [0, 1, 8, 9])  # labels 8 and 9 occur once
+    out = Outputs(z=z, sample_ids=torch.arange(16), labels=labels)
+    exclude, count = SupCon(0.1)(out), SupCon(0.1, no_positive="count")(out)
+    (g_exclude,) = torch.autograd.grad(exclude, z)
+    (g_count,) = torch.autograd.grad(count, z)
+    assert count.item() == pytest.approx(exclude.item() * 14 / 16, rel=1e-12)
+    torch.testing.assert_close(g_count, g_exclude * 14 / 16, rtol=1e-12, atol=1e-15)
+    assert SupCon(0.1).no_positive == "exclude"  # the default
+    with pytest.raises(ValueError, match="no_positive"):
+        SupCon(0.1, no_positive="skip")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("views", [1, 2, 3])
@@ -144,10 +192,12 @@ def test_distributed_equivalence(world: int) -> None:
 
 @pytest.mark.dist
 @pytest.mark.parametrize("world", [2, 3])
-def test_distributed_single_view_with_one_image_per_rank(world: int) -> None:
+@pytest.mark.parametrize("no_positive", ["exclude", "count"])
+def test_distributed_single_view_with_one_image_per_rank(world: int, no_positive: str) -> None:
     # V=1, one image per rank, 3 classes: some ranks' anchors have no positive, so the
     # global mean must count anchors over all ranks (a per-rank mean would not match).
-    assert_distributed_equivalent(SupCon, {"temperature": 0.3}, world, views=1, size=world)
+    kwargs = {"temperature": 0.3, "no_positive": no_positive}
+    assert_distributed_equivalent(SupCon, kwargs, world, views=1, size=world)
 
 
 # ---- end to end ----------------------------------------------------------------------------
