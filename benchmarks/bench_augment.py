@@ -11,6 +11,7 @@ One run measures, on the same random 3x32x32 uint8 batch (CIFAR-sized), 2 views 
 Throughput is in input images per second (each image yields 2 views). Usage:
 
     python benchmarks/bench_augment.py [--batch 512] [--repeats 7] [--threads N] [--device cpu]
+    python benchmarks/bench_augment.py --smoke    # tiny, a few seconds; kornia skipped if absent
 
 Other scripts: `sys.path.insert(0, "benchmarks")`, then `from bench_augment import measure`.
 """
@@ -22,6 +23,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -89,10 +91,12 @@ def measure(
     device: str = "cpu",
     threads: int | None = None,
     impls: tuple[str, ...] = ("raysl", "torchvision", "kornia"),
-) -> dict[str, dict[str, float | list[float]]]:
+) -> dict[str, Any]:
     """Images/s of each implementation: {name: {"median", "min", "max", "runs"}} plus
-    {"ratio": {"raysl/torchvision", "raysl/kornia"}} where both were measured.
-    torchvision runs fewer repeats (it is ~20x slower): max(3, repeats // 2), warm-up 1."""
+    {"ratio": {"raysl/torchvision", "raysl/kornia"}} where both were measured and
+    {"skipped": {name: why}} for those whose package is not installed (kornia is in the
+    `bench` extra). torchvision runs fewer repeats (it is ~20x slower): max(3, repeats // 2),
+    warm-up 1 (with repeats=1: 1 run, no warm-up)."""
     if threads is not None:
         torch.set_num_threads(threads)
     dev = torch.device(device)
@@ -104,10 +108,17 @@ def measure(
         generator=torch.Generator().manual_seed(0),
     )
     images = images.to(dev)
-    out: dict[str, dict[str, float | list[float]]] = {}
+    out: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
     for name in impls:
-        fn = IMPLS[name](views, size, dev)
+        try:
+            fn = IMPLS[name](views, size, dev)
+        except ImportError as exc:
+            skipped[name] = f"{exc} (pip install -e '.[bench]')"
+            continue
         n_rep, n_warm = (max(3, repeats // 2), 1) if name == "torchvision" else (repeats, warmup)
+        if repeats == 1:
+            n_rep, n_warm = 1, 0
         runs = []
         for i in range(n_warm + n_rep):
             _sync(dev)
@@ -128,7 +139,7 @@ def measure(
         for k in out
         if k != "raysl" and "raysl" in out
     }
-    return {**out, "ratio": ratio}  # type: ignore[dict-item]
+    return {**out, "ratio": ratio, "skipped": skipped}
 
 
 def _sync(dev: torch.device) -> None:
@@ -143,7 +154,10 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds (the tests)")
     a = p.parse_args()
+    if a.smoke:
+        a.batch, a.repeats = 32, 1
     res = measure(a.batch, a.views, repeats=a.repeats, device=a.device, threads=a.threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
@@ -151,9 +165,12 @@ def main() -> None:
         f"{torch.get_num_threads()} threads, torch {torch.__version__}, load avg {load:.2f}"
     )
     for name in IMPLS:
+        if name in res["skipped"]:
+            print(f"  {name:12s} skipped: {res['skipped'][name]}")
+            continue
         r = res[name]
         spread = f"min {r['min']:9,.0f}  max {r['max']:9,.0f}"
-        print(f"  {name:12s} median {r['median']:9,.0f} img/s  ({spread}, {len(r['runs'])} runs)")  # type: ignore[arg-type]
+        print(f"  {name:12s} median {r['median']:9,.0f} img/s  ({spread}, {len(r['runs'])} runs)")
     for k, v in res["ratio"].items():
         print(f"  {k:24s} {v:6.1f}x")
 

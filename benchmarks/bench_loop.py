@@ -14,6 +14,10 @@ against torchvision's per-sample pipeline, measured in one run.
     sample vs kornia, SimCLR, 2 views, 3x32x32). Target: raysl / torchvision >= 5.
 
     python benchmarks/bench_loop.py [--steps 30] [--repeats 5] [--batch 256] [--width 16]
+    python benchmarks/bench_loop.py --smoke     # tiny sizes, a few seconds (the test suite)
+
+`bare_throughput` also takes a device, bf16 autocast, channels-last and torch.compile, so
+`gpu_check.py` times the same bare loop on a GPU.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import argparse
 import statistics
 import sys
 import time
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
@@ -31,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from raysl.augment import Augment
 from raysl.config import Config
-from raysl.data import load_splits
+from raysl.data import Splits, load_splits
 from raysl.models import build_model
 from raysl.optim import param_groups
 from raysl.reporting import Recorder
@@ -40,15 +45,15 @@ from raysl.train import fit
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
-def make_config(steps: int, batch: int, width: int) -> Config:
-    data = {"data.source": "fashion_mnist"} if FASHION.is_dir() else {
+def make_config(steps: int, batch: int, width: int, fashion: bool = True) -> Config:
+    data = {"data.source": "fashion_mnist"} if fashion and FASHION.is_dir() else {
         "data.source": "synthetic", "data.synthetic.num_samples": 4 * steps * batch,
         "data.synthetic.image_size": 28, "data.synthetic.channels": 1,
     }  # fmt: skip
     return Config().override({
         **data, "epochs": 1, "data.batch_size": batch, "data.train_limit": steps * batch,
         "model.width": width, "augment.preset": "simclr", "optim.warmup_epochs": 0.0,
-        "eval.test": False, "eval.bank_limit": batch, "log_every": 20,
+        "eval.test": False, "eval.bank_limit": batch, "eval.knn_k": min(200, batch), "log_every": 20,
     })  # fmt: skip
 
 
@@ -58,37 +63,76 @@ def raysl_throughput(cfg: Config) -> float:
     return recorder.epochs[-1]["train/throughput"]
 
 
-def bare_throughput(cfg: Config) -> float:
-    """The loop a researcher writes by hand, with the same parts."""
+def bare_throughput(
+    cfg: Config,
+    device: str | torch.device = "cpu",
+    autocast: bool = False,
+    channels_last: bool = False,
+    compile_backend: str | None = None,
+    warmup: int = 0,
+    timed: AbstractContextManager | None = None,
+    splits: Splits | None = None,
+) -> float:
+    """The loop a researcher writes by hand, with the same parts; images/s of its timed steps.
+
+    Args:
+        device: where the uint8 training images, the model and the augmentation live.
+        autocast: bf16 autocast for the forward pass; channels_last: model and inputs in NHWC.
+        compile_backend: `torch.compile(model, backend=...)` (None: eager).
+        warmup: untimed steps first (allocator, cuDNN autotuning, compilation).
+        timed: a context manager entered for exactly the timed steps (e.g. a GPU sampler).
+        splits: `load_splits(cfg.data)` already loaded (to time several variants on one set).
+    """
+    dev = torch.device(device)
     torch.manual_seed(cfg.seed)
-    splits = load_splits(cfg.data, seed=cfg.seed)
-    images = splits.train.images
+    splits = splits or load_splits(cfg.data, seed=cfg.seed)
+    images = splits.train.images.to(dev)  # (N, C, S, S) uint8, on the device as fit() keeps it
     _, channels, side, _ = images.shape
     aug = Augment(cfg.augment, channels, side, splits.mean, splits.std)
-    model = build_model(cfg.model, channels, aug.out_size, {"z"}).online
+    fmt = torch.channels_last if channels_last else torch.preserve_format
+    model = build_model(cfg.model, channels, aug.out_size, {"z"}).online.to(dev, memory_format=fmt)
     opt = torch.optim.SGD(
         param_groups([model], cfg.optim.weight_decay), lr=cfg.optim.lr, momentum=0.9
     )
+    forward = torch.compile(model, backend=compile_backend) if compile_backend else model
     batch, temperature = cfg.data.batch_size, cfg.loss.infonce.temperature
     steps = len(images) // batch
     generator = torch.Generator().manual_seed(0)
-    order = torch.randperm(len(images), generator=generator)
-    targets = (torch.arange(2 * batch) + batch) % (2 * batch)  # the other view of each image
+    order = torch.randperm(len(images), generator=generator).to(dev)
+    targets = ((torch.arange(2 * batch) + batch) % (2 * batch)).to(dev)  # the other view
     model.train()
-    start = time.perf_counter()
-    for step in range(steps):
-        x = images[order[step * batch : (step + 1) * batch]]
-        views = aug(x, aug.sample(batch, generator))  # (2, B, C, S, S)
-        _, z, _ = model(views.flatten(0, 1))
-        z = F.normalize(z, dim=1)
+
+    def step(i: int) -> None:
+        x = images[order[i * batch : (i + 1) * batch]]
+        views = aug(x, aug.sample(batch, generator))  # (2, B, C, S, S), params on the CPU
+        inputs = views.flatten(0, 1).contiguous(memory_format=fmt)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
+            z = forward(inputs)[1]  # (h, z, p, z_sub) -> z (2B, D)
+        z = F.normalize(z.float(), dim=1)
         logits = (z @ z.T / temperature).fill_diagonal_(float("-inf"))
         loss = F.cross_entropy(logits, targets)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if not torch.isfinite(loss):  # the bare loop checks too, to be fair
+        # the bare loop checks too, to be fair: as often as fit() does (a device sync on a GPU)
+        if ((i + 1) % cfg.log_every == 0 or i == steps - 1) and not torch.isfinite(loss):
             raise FloatingPointError("nan")
-    return steps * batch / (time.perf_counter() - start)
+
+    for i in range(warmup):
+        step(i % steps)
+    _sync(dev)
+    with timed or nullcontext():
+        start = time.perf_counter()
+        for i in range(steps):
+            step(i)
+        _sync(dev)
+        elapsed = time.perf_counter() - start
+    return steps * batch / elapsed
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
 
 
 def spread(values: list[float]) -> str:
@@ -104,9 +148,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--skip-augment", action="store_true")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny sizes, a few seconds (what the tests run)"
+    )
     args = parser.parse_args()
+    if args.smoke:
+        args.steps, args.repeats, args.batch, args.width = 3, 1, 32, 8
 
-    cfg = make_config(args.steps, args.batch, args.width)
+    cfg = make_config(args.steps, args.batch, args.width, fashion=not args.smoke)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, data {cfg.data.source}, "
           f"batch {args.batch}, {args.steps} steps, convnet width {args.width}")  # fmt: skip
     bare_throughput(cfg)  # warm-up: first-touch allocations, lazy imports
@@ -122,11 +171,14 @@ def main() -> None:
     if not args.skip_augment:
         from bench_augment import measure
 
-        result = measure(batch=512, views=2, size=32, repeats=7)
-        print("(2) SimCLR augmentation, 3x32x32, 2 views, batch 512, img/s:")
+        batch, repeats = (64, 1) if args.smoke else (512, 7)
+        result = measure(batch=batch, views=2, size=32, repeats=repeats)
+        print(f"(2) SimCLR augmentation, 3x32x32, 2 views, batch {batch}, img/s:")
         for name in ("raysl", "torchvision", "kornia"):
             if name in result:
                 print(f"    {name:12s} {spread(result[name]['runs'])}")
+        for name, why in result["skipped"].items():
+            print(f"    {name:12s} skipped: {why}")
         for name, value in result["ratio"].items():
             print(f"    ratio {name}: {value:.1f}x; target raysl/torchvision >= 5")
 

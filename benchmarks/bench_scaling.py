@@ -11,6 +11,7 @@ fixed start-up cost, and the bytes each loss term moves between processes per st
     GPU cluster pays over NVLink/InfiniBand per step, and it does not depend on the hardware.
 
     python benchmarks/bench_scaling.py [--steps 20] [--repeats 3] [--skip-ray]
+    python benchmarks/bench_scaling.py --smoke    # 2 steps, 1 repeat, 1 term (~45 s)
 """
 
 from __future__ import annotations
@@ -170,12 +171,14 @@ def overrides_base() -> dict[str, Any]:
     }  # fmt: skip
 
 
-def measure_communication() -> dict[str, dict[str, float]]:
+def measure_communication(labels: tuple[str, ...] | None = None) -> dict[str, dict[str, float]]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tests.conftest import run_distributed
 
     out = {}
     for label, overrides in TERMS.items():
+        if labels is not None and label not in labels:
+            continue
         counts = run_distributed(_count_collectives, 2, overrides)[0]
         out[label] = {k: v / 2 for k, v in counts.items()}  # two steps -> per step
     return out
@@ -187,7 +190,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-ray", action="store_true")
     parser.add_argument("--skip-comm", action="store_true")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="2 steps, 1 repeat, plain vs 2 Ray Train workers, one term's bytes (the tests)",
+    )
     args = parser.parse_args()
+    if args.smoke:
+        args.steps, args.repeats = 2, 1
     print(
         f"torch {torch.__version__}, {os.cpu_count()} CPUs, batch {BATCH}, {args.steps} steps/measurement"
     )
@@ -198,9 +208,12 @@ def main() -> None:
             "Ray Train, 1 worker": [],
             "Ray Train, 2 workers": [],
         }
+        if args.smoke:
+            del rows["Ray Train, 1 worker"]
         for _ in range(args.repeats):
             rows["plain process"].append(run_plain(cfg))
-            rows["Ray Train, 1 worker"].append(run_ray(cfg, 1))
+            if "Ray Train, 1 worker" in rows:
+                rows["Ray Train, 1 worker"].append(run_ray(cfg, 1))
             rows["Ray Train, 2 workers"].append(run_ray(cfg, 2))
         base = statistics.median(r["throughput"] for r in rows["plain process"])
         print(
@@ -215,7 +228,8 @@ def main() -> None:
             )
     if not args.skip_comm:
         print("(2) bytes sent per rank per training step, world size 2, global batch 256, D = 128:")
-        for label, counts in measure_communication().items():
+        labels = ("infonce",) if args.smoke else None
+        for label, counts in measure_communication(labels).items():
             total = sum(counts.values())
             detail = ", ".join(f"{k} {v / 1024:,.1f} KiB" for k, v in sorted(counts.items()))
             print(f"    {label:28s} {total / 1024:9,.1f} KiB   ({detail})")

@@ -14,6 +14,7 @@ Every study is a real `raysl tune` study (local Ray, Optuna, MLflow SQLite store
 directory) on the synthetic source with a small ConvNet, so the fit part is a few seconds.
 
     python benchmarks/bench_tune.py [--trials 4] [--epochs 3] [--skip-train]
+    python benchmarks/bench_tune.py --smoke    # (1) only, 2 trials of 1 epoch (~20 s)
 """
 
 from __future__ import annotations
@@ -49,10 +50,18 @@ CONFIG = {
 }
 
 
-def write_space(directory: Path, name: str, trials: int, epochs: int, **tune: Any) -> Path:
+def write_space(
+    directory: Path,
+    name: str,
+    trials: int,
+    epochs: int,
+    config: dict[str, Any] | None = None,
+    **tune: Any,
+) -> Path:
+    """A search-space file of `trials` trials over lr and temperature; `config` overrides CONFIG."""
     doc = {
         "name": name,
-        "config": unflatten({**CONFIG, "epochs": epochs}),
+        "config": unflatten({**CONFIG, **(config or {}), "epochs": epochs}),
         "search": {
             "optim.lr": {"loguniform": [0.01, 1.0]},
             "loss.infonce.temperature": {"loguniform": [0.05, 0.5]},
@@ -105,7 +114,12 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--skip-train", action="store_true", help="skip the TorchTrainer part")
+    parser.add_argument(
+        "--smoke", action="store_true", help="only (1), 2 trials of 1 epoch (what the tests run)"
+    )
     args = parser.parse_args()
+    if args.smoke:
+        args.trials, args.epochs, args.skip_train = 2, 1, True
     cases = [
         ("(1) single-worker trials, 1 at a time", "bench_fit", args.trials,
          {"max_concurrent": 1, "resources": {"cpu": 2}}),
@@ -116,6 +130,8 @@ def main() -> None:
     ]  # fmt: skip
     if args.skip_train:
         cases.pop(1)
+    if args.smoke:
+        cases = cases[:1]
     lines = []
     for title, name, trials, tune in cases:
         with tempfile.TemporaryDirectory(prefix="raysl-bench-tune-") as tmp:
