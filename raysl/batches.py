@@ -120,7 +120,9 @@ class InMemoryBatches:
     def epoch(self, epoch: int) -> Iterator[Batch]:
         for _, index in self.sampler.epoch(epoch):
             index_dev = index.to(self.device, non_blocking=True)
-            rows = index_dev if self.images.device == self.device else index
+            # by type: a Tune trial's device is "cuda" (no index) while the images are on
+            # "cuda:0"; CPU rows for GPU images would be copied to the GPU, blocking, every step
+            rows = index_dev if self.images.device.type == self.device.type else index
             images = self.images[rows].to(self.device, non_blocking=True)
             yield Batch(images, self.labels[index_dev], index_dev)
 

@@ -4,19 +4,28 @@ Layout: `<dir>/epoch_0003/state.pt` (+ `meta.json`). A checkpoint is first writt
 temporary directory and renamed into place, so a reader (or a resumed run) never sees a
 half-written one, whatever kills the writer. A checkpoint *directory* is also what
 `ray.train.Checkpoint.from_directory` takes.
+
+Loading is safe on files from anyone: `torch.load(weights_only=True)` reads only tensors and
+plain data, and a crafted pickle is refused before any of it runs. A corrupt checkpoint
+(empty, truncated, random bytes) is named, and `newest_intact` falls back to the one before.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+
+from raysl.errors import ConfigError, Problem, shorten
 
 PATTERN = re.compile(r"^epoch_(\d{4,})$")
 STATE = "state.pt"
@@ -71,12 +80,111 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load the state saved by `save_checkpoint` (`path` is the epoch directory or its state.pt)."""
+def load_checkpoint(
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    require: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Load the state saved by `save_checkpoint` (`path` is the epoch directory or its state.pt).
+
+    Only tensors and plain data are loaded (`torch.load(weights_only=True)`): a file that asks
+    to import or call anything (a crafted pickle) is refused before any of it runs.
+
+    Args:
+        require: keys the state must have (a state without them is reported as corrupt).
+
+    Raises:
+        CheckpointError: the file is unsafe (`unsafe` is True), empty, truncated, not a
+            PyTorch file, or lacks a required key; one line naming the file.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / STATE
-    return torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        with torch.serialization.safe_globals(_NUMPY_GLOBALS), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"GLOBAL (\S+)", str(error))
+        if found:
+            raise CheckpointError(
+                path,
+                f"refused: it asks to load {found.group(1)}, and a raysl checkpoint holds only "
+                "tensors and plain data (nothing in it was run); delete the file unless you "
+                "know where it came from",
+                unsafe=True,
+            ) from None
+        raise CheckpointError(path, "corrupt (not a PyTorch checkpoint)") from None
+    except FileNotFoundError:
+        raise CheckpointError(path, "missing") from None
+    except PermissionError:
+        raise CheckpointError(
+            path, "cannot be read (permission denied); fix its permissions"
+        ) from None
+    except (EOFError, OSError, RuntimeError, ValueError, UnicodeDecodeError, IndexError):
+        size = path.stat().st_size if path.is_file() else 0
+        why = "empty (0 bytes)" if size == 0 else f"truncated or damaged ({size:,} bytes)"
+        raise CheckpointError(path, f"corrupt: {why}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            path, f"corrupt: not a raysl checkpoint (it holds a {type(state).__name__})"
+        )
+    if missing := [key for key in require if key not in state]:
+        raise CheckpointError(
+            path, f"corrupt: not a raysl checkpoint (missing {', '.join(missing)})"
+        )
+    return state
+
+
+def newest_intact(
+    directory: str | Path, require: tuple[str, ...] = ()
+) -> tuple[Path | None, dict[str, Any] | None, list[str]]:
+    """The newest checkpoint in `directory` that loads, its state, and a note per one skipped.
+
+    Corrupt checkpoints newer than it are skipped (each gets a note naming the file); an unsafe
+    one stops the search.
+
+    Raises:
+        CheckpointError: a checkpoint is unsafe, or there are checkpoints and none loads.
+    """
+    found = list_checkpoints(directory)
+    notes: list[str] = []
+    reasons: list[str] = []
+    for checkpoint in reversed(found):
+        try:
+            return checkpoint, load_checkpoint(checkpoint, require=require), notes
+        except CheckpointError as error:
+            if error.unsafe:
+                raise
+            notes.append(str(error))
+            reasons.append(f"{checkpoint.name}: {error.problems[0].message}")
+    if found:
+        raise CheckpointError(
+            Path(directory),
+            f"none of the {len(found)} checkpoint(s) can be read ({'; '.join(reasons)}); restore "
+            "them from a copy, or start a new run in another --out directory",
+        )
+    return None, None, notes
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint file that cannot be loaded: corrupt, or unsafe (it would run code)."""
+
+    def __init__(self, path: Path, message: str, unsafe: bool = False) -> None:
+        self.unsafe = unsafe
+        super().__init__(Problem(message, where=str(path)))
+
+
+# Older raysl checkpoints hold numpy's RNG state as a uint32 array: allow exactly that
+# (numpy 2 pickles name numpy._core, numpy 1 numpy.core).
+_RECONSTRUCT = np._core.multiarray._reconstruct
+_NUMPY_GLOBALS: list[Any] = [
+    _RECONSTRUCT,
+    (_RECONSTRUCT, "numpy.core.multiarray._reconstruct"),
+    np.ndarray,
+    np.dtype,
+    np.dtypes.UInt32DType,
+]
 
 
 def _write(path: Path, write) -> None:
@@ -110,17 +218,32 @@ RESUMABLE = (
 )
 
 
-def check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:
-    """Refuse to resume a checkpoint under a config that changes what is being trained."""
-    from raysl.errors import ConfigError, Problem
+def check_resumable(
+    saved: dict[str, Any], current: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> None:
+    """Refuse to resume a checkpoint under a config that changes what is being trained.
 
+    `saved` is the flat config stored in the checkpoint (or its meta.json, where tuples are
+    lists): values are compared as JSON. A key the saved config lacks (a checkpoint made
+    before the key existed) is unchanged when its current value is its default (`defaults`,
+    default `raysl.config.config_defaults()`).
+    """
+    if defaults is None:
+        from raysl.config import config_defaults
+
+        defaults = config_defaults()
+    saved, current, defaults = _as_json(saved), _as_json(current), _as_json(defaults)
     changed = sorted(
         key
         for key in set(saved) | set(current)
-        if saved.get(key) != current.get(key) and not key.startswith(RESUMABLE)
+        if saved.get(key) != current.get(key)
+        and not key.startswith(RESUMABLE)
+        and not (key not in saved and key in defaults and current.get(key) == defaults[key])
     )
     if changed:
-        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed[:6])
+        diffs = ", ".join(
+            f"{k}: {shorten(saved.get(k))} -> {shorten(current.get(k))}" for k in changed[:6]
+        )
         raise ConfigError(
             Problem(
                 f"the checkpoint was made with a different config ({diffs}); resume with the original "
@@ -128,3 +251,7 @@ def check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:
                 key="--resume",
             )
         )
+
+
+def _as_json(flat: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(dict(flat), default=str))

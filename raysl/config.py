@@ -3,7 +3,8 @@
 Every leaf has one dotted key (`optim.lr`, `loss.infonce.temperature`). The same key is used
 by `--set` on the command line, by `search:` in search-space files, as the Tune parameter
 name and as the MLflow param. Unknown keys, wrong types and out-of-range values are errors
-that name the file, the line and what is allowed (`load_run_file`).
+that name the file, the line and what is allowed (`load_run_file`); the validators and those
+messages are in `raysl.config_checks`.
 
 Units: `optim.lr` is per 256 images of the *global* batch; epochs and `*_epochs` are epochs
 of the training split; probabilities are in [0, 1].
@@ -11,15 +12,30 @@ of the training split; probabilities are in [0, 1].
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import typing
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
-from raysl.errors import ConfigError, Problem
+from raysl.config_checks import (
+    a_fraction,
+    no_bool,
+    one_k_or_a_list,
+    problem,
+    ramp_in_order,
+    some_weight,
+)
+from raysl.errors import ConfigError
 from raysl.losses import LOSSES
 from raysl.losses.base import CONTEXT
 from raysl.yamlio import flatten, merge, unflatten
@@ -29,6 +45,8 @@ NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 Probability = Annotated[float, Field(ge=0, le=1)]
+MAX_SIDE = 1024  # pixels: image sides above it exhaust memory long before they train
+ImageSide = Annotated[int, Field(gt=0, le=MAX_SIDE)]
 
 SOURCES = (
     "synthetic",
@@ -46,7 +64,11 @@ Source = Literal[
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # allow_inf_nan=False: `lr: .inf` or `.nan` is refused (every float must be finite)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False
+    )
+    _check_no_bool = field_validator("*", mode="before")(no_bool)
 
 
 class SyntheticConfig(_Strict):
@@ -56,7 +78,7 @@ class SyntheticConfig(_Strict):
     num_samples: PositiveInt = (
         2048  # training images (val is val_fraction of them); test: a quarter
     )
-    image_size: Annotated[int, Field(ge=8)] = 16
+    image_size: Annotated[int, Field(ge=8, le=256)] = 16  # a smoke-test source: small images
     channels: Literal[1, 3] = 3
 
 
@@ -67,9 +89,16 @@ class DataConfig(_Strict):
     batch_size: PositiveInt = 256  # global batch, split evenly over workers
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1  # held out of train for monitoring
     train_limit: PositiveInt | None = None  # keep only the first N training images
-    image_size: PositiveInt | None = None  # resize at load (imagefolder/parquet); None = native
+    # a stratified, seeded subset of the training split (after val; before train_limit)
+    train_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
+    image_size: ImageSide | None = None  # resize at load (imagefolder/parquet); None = native
     on_device: Literal["auto", "always", "never"] = "auto"  # keep uint8 images on the GPU
     synthetic: SyntheticConfig = SyntheticConfig()
+
+    @field_validator("train_fraction", mode="before")
+    @classmethod
+    def _a_fraction(cls, value: Any) -> Any:
+        return a_fraction(value)
 
 
 class AugmentConfig(_Strict):
@@ -84,7 +113,7 @@ class AugmentConfig(_Strict):
         "simclr"
     )
     views: PositiveInt = 2  # views per image (V)
-    size: PositiveInt | None = None  # output side in pixels; None = the image side
+    size: ImageSide | None = None  # output side in pixels; None = the image side
     crop_min_scale: Annotated[float, Field(gt=0, le=1)] | None = None  # random resized crop
     jitter_strength: NonNegativeFloat | None = None  # multiplies the preset's jitter magnitudes
     jitter_prob: Probability | None = None
@@ -120,7 +149,9 @@ class OptimConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    knn_k: PositiveInt = 200  # weighted cosine kNN (Wu et al., 2018)
+    # weighted cosine kNN (Wu et al., 2018); a list reports every k (metrics `*_k<k>`)
+    # and the first k is `val/knn_top1`, the metric studies rank by
+    knn_k: PositiveInt | list[PositiveInt] = 200
     knn_temperature: PositiveFloat = 0.1
     every: PositiveInt = 1  # epochs between kNN evaluations (the last epoch always)
     bank_limit: PositiveInt | None = None  # at most N training images in the kNN bank
@@ -129,6 +160,16 @@ class EvalConfig(_Strict):
     probe_epochs: PositiveInt = 100
     probe_lr: PositiveFloat = 0.1  # Adam on standardised features
     test: bool = True  # at the end: kNN (and probe) on the test split, reported, never tuned on
+
+    @field_validator("knn_k", mode="before")
+    @classmethod
+    def _one_k_or_a_list(cls, value: Any) -> Any:
+        return one_k_or_a_list(value)
+
+    @property
+    def ks(self) -> tuple[int, ...]:
+        """Every k of `knn_k`, in order (the first is the one `*/knn_top1` reports)."""
+        return tuple(self.knn_k) if isinstance(self.knn_k, list) else (self.knn_k,)
 
 
 class CheckpointConfig(_Strict):
@@ -150,20 +191,15 @@ def _term_config(name: str, cls: type) -> type[BaseModel]:
             continue
         default = ... if param.default is inspect.Parameter.empty else param.default
         fields[param.name] = (hints.get(param.name, Any), default)
-
-    def check_ramp(self: Any) -> Any:
-        if self.ramp_end < self.ramp_start:
-            raise ValueError(
-                f"ramp_end ({self.ramp_end}) must be >= ramp_start ({self.ramp_start})"
-            )
-        return self
-
     return create_model(  # type: ignore[call-overload]
         _term_class_name(name),
         __config__=_Strict.model_config,
         __module__=__name__,
         __doc__=(cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else None,
-        __validators__={"check_ramp": model_validator(mode="after")(check_ramp)},
+        __validators__={
+            "check_ramp": model_validator(mode="after")(ramp_in_order),
+            "check_no_bool": field_validator("*", mode="before")(no_bool),
+        },
         **fields,
     )
 
@@ -179,25 +215,11 @@ TERM_CONFIGS: dict[str, type[BaseModel]] = {
 globals().update({model.__name__: model for model in TERM_CONFIGS.values()})
 
 
-def _check_some_weight(self: Any) -> Any:
-    active = [
-        name
-        for name in TERM_CONFIGS
-        if (term := getattr(self, name)) is not None
-        and (term.weight > 0 or (term.ramp_from or 0) > 0)
-    ]
-    if not active:
-        raise ValueError(
-            f"no loss term has a weight > 0; set e.g. loss.infonce.weight: 1 (terms: {', '.join(LOSSES)})"
-        )
-    return self
-
-
 LossConfig: type[BaseModel] = create_model(  # type: ignore[call-overload]
     "LossConfig",
     __config__=_Strict.model_config,
     __module__=__name__,
-    __validators__={"check_some_weight": model_validator(mode="after")(_check_some_weight)},
+    __validators__={"check_some_weight": model_validator(mode="after")(some_weight)},
     **{name: (model | None, None) for name, model in TERM_CONFIGS.items()},
 )
 
@@ -248,59 +270,15 @@ def validate(
     try:
         return Config.model_validate(dict(raw))
     except ValidationError as exc:
-        problems = [_problem(error, where, lines or {}, prefix) for error in exc.errors()]
+        problems = [problem(error, where, lines or {}, prefix, Config) for error in exc.errors()]
         raise ConfigError(problems) from None
 
 
-def _problem(
-    error: Mapping[str, Any], where: str, lines: Mapping[str, int], prefix: str
-) -> Problem:
-    loc = [str(part) for part in error["loc"] if not str(part).startswith("function-")]
-    loc = [part for part in loc if not part.startswith(("constrained-", "union[", "nullable["))]
-    key = ".".join(loc)
-    line = _line_of(prefix + key, lines)
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        parent, _, leaf = key.rpartition(".")
-        allowed = allowed_keys(parent)
-        close = difflib.get_close_matches(leaf, allowed, n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        place = f"under '{parent}'" if parent else "at the top level"
-        what = "loss term" if parent == "loss" else "key"
-        return Problem(
-            f"unknown {what}; {hint}allowed {place}: {', '.join(allowed)}",
-            key=key,
-            where=where,
-            line=line,
-        )
-    message = error["msg"]
-    if kind.startswith("value_error"):
-        message = message.removeprefix("Value error, ")
-    elif "input" in error and kind != "missing":
-        message = f"{message} (got {error['input']!r})"
-    return Problem(message, key=key, where=where, line=line)
-
-
-def _line_of(key: str, lines: Mapping[str, int]) -> int | None:
-    while key:
-        if key in lines:
-            return lines[key]
-        key = key.rpartition(".")[0]
-    return None
-
-
-def allowed_keys(parent: str) -> list[str]:
-    """The keys allowed directly under a dotted prefix ('' = top level)."""
-    model: Any = Config
-    for part in filter(None, parent.split(".")):
-        field = model.model_fields.get(part)
-        if field is None:
-            return []
-        annotation = field.annotation
-        candidates = [annotation, *typing.get_args(annotation)]
-        model = next(
-            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
-        )
-        if model is None:
-            return []
-    return list(model.model_fields)
+def config_defaults() -> dict[str, Any]:
+    """The default of every dotted key, the keys of every loss term included (None left out)."""
+    flat = Config().to_flat()
+    for name, model in TERM_CONFIGS.items():
+        for key, field in model.model_fields.items():
+            if not field.is_required() and field.default is not None:
+                flat[f"loss.{name}.{key}"] = field.default
+    return flat

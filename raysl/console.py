@@ -33,7 +33,7 @@ _SHOWN = (
 def _fmt(key: str, value: float) -> str:
     if not math.isfinite(value):
         return str(value)
-    if key.endswith("top1"):
+    if key.endswith("top1") or "_top1_k" in key:  # accuracies, e.g. test/knn_top1_k20
         return f"{value:.2f}%"
     if key == "train/throughput":
         return f"{value:,.0f}"

@@ -3,6 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+SHOWN = 80  # characters of a value shown in a message
+_LONGEST = 1000  # characters of one problem's message (a pasted megabyte stays off the screen)
+
+
+def shorten(value: Any, limit: int = SHOWN) -> str:
+    """`repr(value)` cut to `limit` characters, saying how long it was."""
+    return cut(repr(value), limit)
+
+
+def cut(text: str, limit: int = SHOWN) -> str:
+    """`text` cut to `limit` characters, saying how long it was."""
+    return text if len(text) <= limit else f"{text[: limit - 1]}… ({len(text):,} characters)"
 
 
 @dataclass(frozen=True)
@@ -24,7 +38,10 @@ class Problem:
     def __str__(self) -> str:
         place = self.where + (f":{self.line}" if self.line else "")
         head = ": ".join(part for part in (place, self.key) if part)
-        return f"{head}: {self.message}" if head else self.message
+        message = self.message
+        if len(message) > _LONGEST:
+            message = f"{message[: _LONGEST - 1]}…"
+        return f"{head}: {message}" if head else message
 
 
 class ConfigError(ValueError):

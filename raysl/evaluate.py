@@ -3,11 +3,17 @@
 kNN follows Wu et al. (2018, arXiv:1805.01978, eq. 7): the k nearest bank features by cosine
 similarity vote for their class with weight exp(s / T). raysl's default (k=200, T=0.1) is the
 setting of `../shared/measured.md`'s raw-pixel anchors, which learned features must beat.
+
+`eval.knn_k` may list several k (e.g. `[200, 20]`): the similarities and the top max(k)
+neighbours are computed once and every k votes with the first k of them. Metric names
+(`Evaluator.knn`): `<split>/knn_top1` is always the first k (what studies rank by); with a
+list, every k is also reported as `<split>/knn_top1_k<k>`. (Not `@k`: MLflow refuses `@` in
+metric names.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +62,46 @@ def extract_features(
 
 
 @torch.no_grad()
+def knn_predict_ks(
+    bank: Tensor,
+    bank_labels: Tensor,
+    queries: Tensor,
+    num_classes: int,
+    ks: Sequence[int],
+    temperature: float = 0.1,
+    chunk: int = 1024,
+) -> Tensor:
+    """Weighted cosine kNN class predictions for every k in `ks` from one similarity pass.
+
+    Each chunk of queries is multiplied with the bank once and its top max(k) neighbours are
+    taken once (sorted, most similar first); k votes with the first k of them.
+
+    Args:
+        bank: (N, F) L2-normalised features with labels `bank_labels` (N,).
+        queries: (Q, F) L2-normalised features.
+        ks: neighbour counts (each capped at N).
+
+    Returns:
+        (len(ks), Q) predicted labels.
+    """
+    ks = [min(k, len(bank)) for k in ks]
+    preds = []
+    for start in range(0, len(queries), chunk):
+        sim = queries[start : start + chunk] @ bank.T  # (q, N)
+        top_sim, top_idx = sim.topk(max(ks), dim=1)  # (q, K), K = max(ks)
+        weights = (top_sim / temperature).exp()
+        top_labels = bank_labels[top_idx]  # (q, K)
+        per_k = []
+        for k in ks:
+            votes = torch.zeros(len(sim), num_classes, dtype=weights.dtype, device=weights.device)
+            votes.scatter_add_(1, top_labels[:, :k], weights[:, :k])  # (q, C)
+            per_k.append(votes.argmax(dim=1))
+        preds.append(torch.stack(per_k))  # (len(ks), q)
+    if not preds:
+        return torch.zeros(len(ks), 0, dtype=torch.long)
+    return torch.cat(preds, dim=1)
+
+
 def knn_predict(
     bank: Tensor,
     bank_labels: Tensor,
@@ -65,25 +111,24 @@ def knn_predict(
     temperature: float = 0.1,
     chunk: int = 1024,
 ) -> Tensor:
-    """Weighted cosine kNN class predictions.
+    """Weighted cosine kNN class predictions (Q,) at one k (see `knn_predict_ks`)."""
+    return knn_predict_ks(bank, bank_labels, queries, num_classes, [k], temperature, chunk)[0]
 
-    Args:
-        bank: (N, F) L2-normalised features with labels `bank_labels` (N,).
-        queries: (Q, F) L2-normalised features.
 
-    Returns:
-        (Q,) predicted labels.
-    """
-    k = min(k, len(bank))
-    preds = []
-    for start in range(0, len(queries), chunk):
-        sim = queries[start : start + chunk] @ bank.T  # (q, N)
-        top_sim, top_idx = sim.topk(k, dim=1)  # (q, k)
-        weights = (top_sim / temperature).exp()
-        votes = torch.zeros(len(sim), num_classes, dtype=weights.dtype, device=weights.device)
-        votes.scatter_add_(1, bank_labels[top_idx], weights)  # (q, C)
-        preds.append(votes.argmax(dim=1))
-    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+def knn_top1_ks(
+    bank: Tensor,
+    bank_labels: Tensor,
+    queries: Tensor,
+    query_labels: Tensor,
+    num_classes: int,
+    ks: Sequence[int],
+    temperature: float,
+) -> dict[int, float]:
+    """Top-1 accuracy (%) of `knn_predict_ks` per k; bank entries with label -1 are left out."""
+    known = bank_labels >= 0
+    preds = knn_predict_ks(bank[known], bank_labels[known], queries, num_classes, ks, temperature)
+    hits = (preds == query_labels).float().mean(dim=1)  # (len(ks),)
+    return {k: 100.0 * float(hit) for k, hit in zip(ks, hits)}
 
 
 def knn_top1(
@@ -95,10 +140,8 @@ def knn_top1(
     k: int,
     temperature: float,
 ) -> float:
-    """Top-1 accuracy (%) of `knn_predict`; bank entries with label -1 are left out."""
-    known = bank_labels >= 0
-    preds = knn_predict(bank[known], bank_labels[known], queries, num_classes, k, temperature)
-    return 100.0 * (preds == query_labels).float().mean().item()
+    """Top-1 accuracy (%) of `knn_predict` at one k; bank entries with label -1 are left out."""
+    return knn_top1_ks(bank, bank_labels, queries, query_labels, num_classes, [k], temperature)[k]
 
 
 def linear_probe(
@@ -143,8 +186,9 @@ def linear_probe(
 class Evaluator:
     """The run's evaluation protocol over its splits: val kNN every epoch, test at the end.
 
-    Monitoring (what a study may tune on): bank = labelled training images (at most
-    `cfg.bank_limit`), queries = the val split. Final report (never tuned on): bank = train +
+    Monitoring (what a study may tune on): bank = labelled training images (of the
+    `data.train_fraction` subset when it is below 1; at most `cfg.bank_limit`), queries = the
+    val split. Final report (never tuned on): bank = train +
     val, queries = the test split; with `cfg.linear_probe`, probes trained on train (scored on
     val) and on train + val (scored on test).
     """
@@ -174,20 +218,30 @@ class Evaluator:
             images, labels = images[: self.cfg.bank_limit], labels[: self.cfg.bank_limit]
         return self.features(backbone, images), labels
 
-    def knn(self, backbone: nn.Module, queries, include_val: bool = False) -> float:
-        """kNN top-1 (%) of `queries` (an ImageSet) against the training bank."""
+    def knn(
+        self, backbone: nn.Module, queries, split: str, include_val: bool = False
+    ) -> dict[str, float]:
+        """kNN top-1 (%) of `queries` (an ImageSet) against the training bank, by metric name:
+        `<split>/knn_top1` at the first k of `eval.knn_k` and, when it is a list,
+        `<split>/knn_top1_k<k>` at every k (one similarity pass for all of them)."""
         bank, labels = self._bank(backbone, include_val)
-        return knn_top1(
+        ks = self.cfg.ks
+        top1 = knn_top1_ks(
             bank, labels, self.features(backbone, queries.images), queries.labels,
-            self.splits.num_classes, self.cfg.knn_k, self.cfg.knn_temperature,
+            self.splits.num_classes, ks, self.cfg.knn_temperature,
         )  # fmt: skip
+        out = {f"{split}/knn_top1": top1[ks[0]]}
+        if isinstance(self.cfg.knn_k, list):
+            out.update({f"{split}/knn_top1_k{k}": value for k, value in top1.items()})
+        return out
 
     def final(self, backbone: nn.Module) -> dict[str, float]:
-        """test/knn_top1 (if `cfg.test`) and the linear-probe metrics (if `cfg.linear_probe`)."""
+        """test/knn_top1 (and test/knn_top1_k<k>, see `knn`) if `cfg.test`, and the
+        linear-probe metrics if `cfg.linear_probe`."""
         cfg, splits, out = self.cfg, self.splits, {}
         test = splits.test if cfg.test else None
         if test is not None:
-            out["test/knn_top1"] = self.knn(backbone, test, include_val=True)
+            out.update(self.knn(backbone, test, "test", include_val=True))
         if cfg.linear_probe:
             train_f, val_f = (
                 self.features(backbone, splits.train.images),

@@ -42,7 +42,28 @@ def load_run_file(path: str | Path, overrides: Mapping[str, Any] | None = None) 
     path = Path(path)
     where = str(path)
     doc, lines = read_yaml(path)
+    if not doc:
+        raise ConfigError(
+            Problem(
+                "the file is empty (or only comments); a run file needs a config: section, "
+                "e.g. config: {data: {source: digits}, loss: {infonce: {weight: 1}}} "
+                "(see search_spaces/quickstart.yaml)",
+                where=where,
+            )
+        )
     unknown = [key for key in doc if key not in SECTIONS]
+    bare = [key for key in unknown if key in Config.model_fields]
+    if bare:
+        raise ConfigError(
+            Problem(
+                f"{', '.join(map(str, bare))} {'is a config key' if len(bare) == 1 else 'are config keys'} "
+                "at the top level; move these keys under `config:` (indent them below a "
+                "`config:` line)",
+                key=str(bare[0]),
+                where=where,
+                line=lines.get(str(bare[0])),
+            )
+        )
     if unknown:
         raise ConfigError(
             [
@@ -60,6 +81,8 @@ def load_run_file(path: str | Path, overrides: Mapping[str, Any] | None = None) 
         raise ConfigError(
             Problem("must be a non-empty string", key="name", where=where, line=lines.get("name"))
         )
+    if "name" in doc and (bad := _bad_name(name)):
+        raise ConfigError(Problem(bad, key="name", where=where, line=lines.get("name")))
     raw = doc.get("config") or {}
     if not isinstance(raw, Mapping):
         raise ConfigError(
@@ -73,6 +96,17 @@ def load_run_file(path: str | Path, overrides: Mapping[str, Any] | None = None) 
     config = validate(raw, where=where, lines=lines, prefix="config.")
     if overrides:
         config = config.override(overrides)
+    from raysl.data.splits import knn_bank_problem, knn_bank_size
+
+    bank = knn_bank_size(config.data, config.eval.bank_limit)
+    from_set = overrides and any(k.startswith("eval.knn_k") for k in overrides)
+    if problem := knn_bank_problem(
+        config.eval.knn_k,
+        bank,
+        "--set" if from_set else where,
+        None if from_set else lines.get("config.eval.knn_k") or lines.get("config.eval"),
+    ):
+        raise ConfigError(problem)
     sections = {}
     for key in ("search", "tune"):
         value = doc.get(key)
@@ -90,6 +124,18 @@ def load_run_file(path: str | Path, overrides: Mapping[str, Any] | None = None) 
         tune=sections["tune"],
         lines=lines,
     )
+
+
+def _bad_name(name: str) -> str:
+    """Why `name` cannot name a run directory under runs/, or ""."""
+    if len(name) > 128:
+        return f"must be at most 128 characters (got {len(name)})"
+    if "/" in name or "\\" in name or name.startswith(".") or any(ord(c) < 32 for c in name):
+        return (
+            f"must be a plain name, not a path (got {name!r}): the run goes to runs/<name>; "
+            "use letters, digits, _ - . (not first), and --out to write somewhere else"
+        )
+    return ""
 
 
 def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:

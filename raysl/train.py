@@ -9,30 +9,36 @@ Determinism: batches come from (seed, epoch) and augmentation parameters from
 (seed, epoch, step) for the whole global batch, so a run resumed from a checkpoint, and a run
 on W processes with the same global batch, see the same images and views as one
 uninterrupted single-process run.
+
+One optimizer step is `raysl.train_step`; what a checkpoint holds besides the weights (RNG
+states, `STATE_KEYS`) and loading it back is `raysl.train_state`.
 """
 
 from __future__ import annotations
 
-import random
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 
 from raysl import distributed
 from raysl.augment import Augment
-from raysl.batches import Batch, DataFeed, in_memory_feed, step_seed
+from raysl.batches import DataFeed, in_memory_feed, step_seed
 from raysl.checkpoint import check_resumable, load_checkpoint, save_checkpoint
 from raysl.config import Config
-from raysl.errors import ConfigError, NonFiniteLossError, Problem
+from raysl.data.splits import knn_bank_problem
+from raysl.errors import ConfigError, Problem
 from raysl.evaluate import Evaluator
-from raysl.losses import Outputs, build_criterion
+from raysl.losses import build_criterion
 from raysl.models import build_model, convert_sync_batchnorm
 from raysl.optim import build_optimizer
 from raysl.reporting import Reporter, RunInfo
-from raysl.runtime import Runtime, autocast
+from raysl.runtime import Runtime
 from raysl.schedules import ema_momentum, warmup_cosine
+from raysl.train_state import STATE_KEYS, load_modules, rng_state, seed_everything, set_rng_state
+from raysl.train_step import check_finite, train_step
 
 
 def fit(
@@ -40,7 +46,7 @@ def fit(
     reporter: Reporter | None = None,
     runtime: Runtime | None = None,
     checkpoint_dir: str | Path | None = None,
-    resume_from: str | Path | None = None,
+    resume_from: str | Path | Mapping[str, Any] | None = None,
     name: str = "run",
     feed: DataFeed | None = None,
 ) -> dict[str, float]:
@@ -50,7 +56,8 @@ def fit(
         reporter: receives progress and metrics (see `raysl.reporting.Reporter`).
         runtime: device and rank; default from the environment (torchrun variables).
         checkpoint_dir: rank 0 writes `epoch_XXXX/` checkpoints here (None: no checkpoints).
-        resume_from: a checkpoint directory to continue from.
+        resume_from: a checkpoint directory to continue from, or the state already loaded
+            from one (`load_checkpoint(path, require=STATE_KEYS)`).
         feed: where batches come from; default: `cfg.data` loaded into memory.
 
     Raises:
@@ -65,11 +72,31 @@ def fit(
         run = _Run(cfg, rt, name, Path(checkpoint_dir) if checkpoint_dir else None, feed)
         run.started = started
         if resume_from is not None:
-            run.restore(load_checkpoint(resume_from))
+            state = resume_from
+            if not isinstance(state, Mapping):
+                state = load_checkpoint(resume_from, require=STATE_KEYS)
+            run.restore(state)
         return run.train(reporter)
     except BaseException as error:
         reporter.fail(error)
         raise
+
+
+def evaluate_checkpoint(
+    cfg: Config,
+    checkpoint: str | Path | Mapping[str, Any],
+    runtime: Runtime | None = None,
+    feed: DataFeed | None = None,
+) -> dict[str, float]:
+    """The final evaluation (`Evaluator.final`: test kNN, linear probe per `cfg.eval`) of a
+    checkpoint of `cfg`'s run; the data is loaded as for training (or `feed`), nothing trained."""
+    rt = runtime or Runtime(torch.device("cpu"))
+    run = _Run(cfg, rt, "eval", None, feed or in_memory_feed(cfg.data, cfg.seed, rt))
+    state = checkpoint
+    if not isinstance(state, Mapping):
+        state = load_checkpoint(checkpoint, require=STATE_KEYS)
+    run.restore(state)
+    return run.evaluator.final(run.model.backbone)
 
 
 class _Run:
@@ -79,7 +106,7 @@ class _Run:
         self, cfg: Config, rt: Runtime, name: str, checkpoint_dir: Path | None, feed: DataFeed
     ) -> None:
         self.cfg, self.rt, self.name, self.checkpoint_dir = cfg, rt, name, checkpoint_dir
-        _seed_everything(cfg.seed)
+        seed_everything(cfg.seed)
         self.splits = splits = feed.splits
         self.batches = feed.train
         self.num_samples = feed.num_samples
@@ -101,6 +128,9 @@ class _Run:
                     key="loss",
                 )
             )
+        bank = int((splits.train.labels >= 0).sum())  # the monitoring kNN bank's images
+        if problem := knn_bank_problem(cfg.eval.knn_k, min(bank, cfg.eval.bank_limit or bank)):
+            raise ConfigError(problem)  # before the run writes anything
         exits, exit_size = self.criterion.exit_spec
         model = build_model(
             cfg.model, channels, self.augment.out_size, self.criterion.requires, exits, exit_size
@@ -151,25 +181,30 @@ class _Run:
             "criterion": self.criterion.state_dict(),
             "history": self.history,
             "config": self.cfg.to_flat(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if self.cuda else None,
-                "numpy": np.random.get_state(),
-                "python": random.getstate(),
-            },
+            "encoder": self.encoder_info(),  # what `raysl export` needs without the data
+            # tensors and plain data only: the file must load with torch.load(weights_only=True)
+            "rng": rng_state(self.cuda),
         }
 
-    def restore(self, state: dict) -> None:
+    def encoder_info(self) -> dict[str, Any]:
+        """The backbone's input: channels, side, the eval view's size and normalisation."""
+        _, channels, height, _ = self.splits.train.images.shape
+        return {
+            "channels": int(channels),
+            "image_size": int(height),
+            "size": int(self.augment.out_size),
+            "mean": [float(v) for v in self.splits.mean],
+            "std": [float(v) for v in self.splits.std],
+            "source": self.splits.name,
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Continue from a checkpoint's state; refused (ConfigError) before anything changes
+        when the config differs or the state does not fit this model."""
         check_resumable(state["config"], self.cfg.to_flat())
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.criterion.load_state_dict(state["criterion"])
+        load_modules(state, self.model, self.optimizer, self.criterion)
         self.epoch, self.step, self.history = state["epoch"], state["step"], list(state["history"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if self.cuda and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
+        set_rng_state(state["rng"], self.cuda)
 
     # ---- the loop ---------------------------------------------------------------------------
     def train(self, reporter: Reporter) -> dict[str, float]:
@@ -197,7 +232,7 @@ class _Run:
             metrics = self.train_epoch(reporter)
             last = self.epoch == cfg.epochs
             if last or self.epoch % cfg.eval.every == 0:
-                metrics["val/knn_top1"] = self.evaluator.knn(self.model.backbone, self.splits.val)
+                metrics.update(self.evaluator.knn(self.model.backbone, self.splits.val, "val"))
             self.history.append(metrics)
             checkpoint = None
             if (
@@ -210,7 +245,7 @@ class _Run:
                     self.epoch,
                     self.state(),
                     cfg.checkpoint.keep,
-                    {"metrics": metrics},
+                    {"metrics": metrics, "config": cfg.to_flat()},
                 )
             # seconds inside fit() so far (data, setup, epochs, evaluation, checkpoints)
             metrics["time/elapsed"] = time.perf_counter() - self.started
@@ -236,8 +271,8 @@ class _Run:
             key = step_seed(cfg.seed, self.epoch, i)
             # augmentation drawn for the whole global batch, then this rank's rows
             params = self.augment.sample(cfg.data.batch_size, torch.Generator().manual_seed(key))
-            loss, parts = self.train_step(
-                batch, params.select(self.rows), key, self.epoch + i / steps
+            loss, parts = train_step(
+                self, batch, params.select(self.rows), key, self.epoch + i / steps
             )
             values = torch.stack([loss.detach(), *(v.detach() for v in parts.values())]).double()
             epoch_sum += values
@@ -247,7 +282,7 @@ class _Run:
             self.step += 1
             if window_n == cfg.log_every or i == steps - 1:
                 mean = distributed.all_reduce_mean(window_sum / window_n)
-                _check_finite(mean, names, self.epoch, i)
+                check_finite(mean, names, self.epoch, i)
                 reporter.step(
                     self.epoch,
                     i,
@@ -268,81 +303,3 @@ class _Run:
             if schedule.ramp_from is not None:
                 metrics[f"train/weight/{term}"] = schedule(float(self.epoch))
         return metrics
-
-    def train_step(
-        self, batch: Batch, params, step_key: int, epoch: float
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """One optimizer step on this rank's `batch` with augmentation `params`.
-
-        The online network sees the V clean views and, when a term mixes images (BSIM), its
-        mixtures in the same forward pass (one pass keeps DDP and batch norm simple).
-        """
-        device = self.rt.device
-        views = self.augment(batch.images, params.to(device))  # (V, b, C, S, S)
-        V, b = views.shape[:2]
-        inputs = views.flatten(0, 1)  # (V*b, C, S, S)
-        mix_lam = mix_index = None
-        if self.mixer is not None:
-            generator = torch.Generator().manual_seed(step_key ^ _MIX_STREAM)  # same on every rank
-            mixed, mix_lam, mix_index = self.mixer.mix(views[: self.mixer.mixed_views], generator)
-            inputs = torch.cat([inputs, mixed.flatten(0, 1)])
-        if self.cuda:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        with autocast(device, self.autocast):
-            h, z, p, z_sub = self.online(inputs)
-            z_target = None
-            if self.model.target is not None:
-                with torch.no_grad():
-                    z_target = self.model.target(inputs[: V * b])[1].float().view(V, b, -1)
-        clean, rest = V * b, len(inputs) - V * b
-
-        def split(
-            t: torch.Tensor | None, dim: int = 0
-        ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-            if t is None:
-                return None, None
-            t = t.float()
-            head, tail = t.split([clean, rest], dim=dim)
-            return head.unflatten(dim, (V, b)), (tail.unflatten(dim, (-1, b)) if rest else None)
-
-        (z, z_mix), (p, p_mix), (h, _) = split(z), split(p), split(h)
-        out = Outputs(
-            z=z,
-            sample_ids=batch.index,
-            labels=batch.labels,
-            h=h,
-            p=p,
-            z_target=z_target,
-            z_sub=split(z_sub, dim=1)[0],
-            z_mix=z_mix,
-            p_mix=p_mix,
-            mix_lam=mix_lam,
-            mix_index=mix_index,
-            epoch=epoch,
-        )
-        loss, parts = self.criterion(out)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        distributed.average_gradients(self.criterion)
-        self.optimizer.step()
-        return loss, parts
-
-
-_MIX_STREAM = 0x5EED_0F_A1  # separates the mixing draws from the augmentation draws of a step
-
-
-# ---- helpers ------------------------------------------------------------------------------
-def _seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-
-
-def _check_finite(values: torch.Tensor, names: list[str], epoch: int, step: int) -> None:
-    if bool(torch.isfinite(values).all()):
-        return
-    parts = ", ".join(f"{n}={v:.4g}" for n, v in zip(names, values.tolist()))
-    raise NonFiniteLossError(
-        f"the loss is not finite at epoch {epoch + 1}, step {step + 1} ({parts}); training stopped. "
-        "Lower optim.lr, raise the temperatures, or add optim.warmup_epochs."
-    )

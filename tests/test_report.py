@@ -85,7 +85,10 @@ def test_leaderboard_ranks_the_newest_study(store: tuple[Path, str]) -> None:
     assert [r["epochs"] for r in rows] == [3, 3, 1, 2, None]
     assert rows[0]["optim.lr"] == 0.4 and isinstance(rows[0]["optim.lr"], float)
     assert "optim.name" not in rows[0]  # searched params only
-    assert list(rows[0])[:5] == ["rank", "trial_id", "status", "epochs", "val/knn_top1"]
+    assert list(rows[0])[:8] == [
+        *("rank", "number", "trial_id", "status", "epochs"),
+        *("val/knn_top1", "best", "best_epoch"),
+    ]
     assert all(list(r) == list(rows[0]) for r in rows)
     assert rows[0]["trial_name"] == "trial_d" and len(rows[0]["run_id"]) == 32
 
@@ -97,7 +100,7 @@ def test_leaderboard_errors(store: tuple[Path, str], tmp_path: Path) -> None:
     _, uri = store
     with pytest.raises(ConfigError, match=r"no experiment 'nope'.*experiments there: demo, other"):
         leaderboard(uri, "nope", 10, "val/knn_top1", "max")
-    with pytest.raises(ConfigError, match="logged metrics: epoch, train/loss, val/knn_top1"):
+    with pytest.raises(ConfigError, match="logged metrics: train/loss, val/knn_top1"):
         leaderboard(uri, "demo", 10, "val/knn_top5", "max")
     missing = f"sqlite:///{tmp_path}/mlflow.db"
     with pytest.raises(ConfigError, match="no MLflow store"):
@@ -126,8 +129,11 @@ def test_cli_report(store: tuple[Path, str], tmp_path: Path) -> None:
     proc = run_cli("report", "demo", "--top", "3", "--out", str(out), cwd=root)
     assert proc.returncode == 0, proc.stderr
     assert "new-study" in proc.stdout and "top 3 of 5 trials by val/knn_top1" in proc.stdout
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("│")]
-    assert [line.split("│")[2].strip() for line in lines] == ["d", "a", "b"]
+    lines = proc.stdout.splitlines()
+    body = lines[next(i for i, line in enumerate(lines) if line.startswith("───")) + 1 :]
+    assert [line.split()[1] for line in body[:3]] == ["d", "a", "b"]  # no Optuna numbers here
+    assert [line.split()[2] for line in body[:3]] == ["completed", "completed", "stopped@1"]
+    assert "val/" in proc.stdout and "last" in proc.stdout and "best" in proc.stdout
     assert proc.stderr == ""
     assert pq.read_table(out / "demo_leaderboard.parquet").num_rows == 5  # every trial, ranked
     assert (out / "demo_leaderboard.csv").is_file()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -113,16 +114,22 @@ def store(request: pytest.FixtureRequest) -> tuple[str, str]:
     return "server", request.getfixturevalue("server")[0]
 
 
-def _optuna_study(completed: int) -> optuna.Study:
+def _optuna_study(completed: int, pruned: int = 0) -> optuna.Study:
+    """`completed` trials of 3 epochs, then `pruned` ones stopped after 1 (values per epoch)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
-    study.optimize(
-        lambda t: (
-            t.suggest_float("optim.lr", 1e-3, 1.0, log=True)
-            + t.suggest_float("loss.infonce.temperature", 0.05, 1.0)
-        ),
-        n_trials=completed,
-    )
+    for i in range(completed + pruned):
+        trial = study.ask()
+        value = trial.suggest_float("optim.lr", 1e-3, 1.0, log=True) + trial.suggest_float(
+            "loss.infonce.temperature", 0.05, 1.0
+        )
+        epochs = 3 if i < completed else 1
+        for epoch in range(1, epochs + 1):
+            trial.report(value * epoch, epoch)
+        if i < completed:
+            study.tell(trial, value * epochs)
+        else:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     return study
 
 
@@ -170,7 +177,12 @@ def test_study_layout(
     kind, uri = store
     experiment = f"layout_{kind}"
     tracker = StudyTracker(
-        uri, experiment, "study-1", description="a test study", tags={"raysl.method": "simclr"}
+        uri,
+        experiment,
+        "study-1",
+        description="a test study",
+        tags={"raysl.method": "simclr"},
+        metric="val/knn_top1",
     )
     tracker.log_study_params(
         {"search": {"optim.lr": "loguniform(0.001, 1)"}, "tune.num_samples": 4}
@@ -184,7 +196,7 @@ def test_study_layout(
         }
         configs[trial_id] = config
         tracker.trial_started(
-            trial_id, f"trial_{trial_id}", config, {k: config[k] for k in SEARCHED}
+            trial_id, f"trial_{trial_id}", config, {k: config[k] for k in SEARCHED}, number=i
         )
     for epoch in (1, 2, 3):
         for i, trial_id in enumerate(["t0", "t3"]):
@@ -218,8 +230,14 @@ def test_study_layout(
         "metrics": {"val/knn_top1": 31.0, "train/loss": 5 / 3},
         "config": configs["t3"],
     }
+    board = {"#": [1, 2], "trial": ["#3", "#0"], "val/knn_top1 last": [31.0, 30.0]}
     tracker.study_ended(
-        best, "completed", best_checkpoint=checkpoint, optuna_study=_optuna_study(4)
+        best,
+        "completed",
+        best_checkpoint=checkpoint,
+        optuna_study=_optuna_study(2, pruned=2),
+        leaderboard=board,
+        summary="4 trials: 2 completed, 1 stopped, 1 failed; best #3 31.0 %",
     )
 
     client = MlflowClient(uri)
@@ -229,13 +247,17 @@ def test_study_layout(
     tags = parent.data.tags
     assert tags["raysl.kind"] == "study" and tags["raysl.status"] == "completed"
     assert tags["raysl.best_trial_id"] == "t3" and tags["raysl.method"] == "simclr"
-    assert tags["mlflow.note.content"] == "a test study"
+    assert tags["mlflow.note.content"] == (
+        "**Summary:** 4 trials: 2 completed, 1 stopped, 1 failed; best #3 31.0 %\n\na test study"
+    )
+    assert tags["raysl.summary"].startswith("4 trials: 2 completed")
+    assert exp.tags["mlflow.note.content"] == "a test study"
     assert tags["raysl.code_version"] == code_version()[0]
     assert parent.data.params == {
         "search.optim.lr": "loguniform(0.001, 1)",
         "tune.num_samples": "4",
     }
-    assert parent.data.metrics["best/val/knn_top1"] == 31.0
+    assert not any(k.startswith("best/") for k in parent.data.metrics)  # best_trial.json instead
 
     children = {
         r.data.tags["raysl.trial_id"]: r
@@ -244,8 +266,15 @@ def test_study_layout(
     assert sorted(children) == ["t0", "t1", "t2", "t3"]
     assert tags["raysl.best_run_id"] == children["t3"].info.run_id
     assert children["t3"].data.tags["raysl.best"] == "true"
+    names = {t: r.info.run_name for t, r in children.items()}
+    assert names == {
+        "t0": "#0 completed val 30.0",
+        "t1": "#1 stopped@1 val 3.0",
+        "t2": "#2 failed",
+        "t3": "#3 completed val 31.0",
+    }
     for trial_id, run in children.items():
-        assert run.info.run_name == f"trial_{trial_id}"
+        assert run.data.tags["raysl.optuna_trial"] == trial_id[1:]
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.data.tags["raysl.searched"] == ",".join(sorted(SEARCHED))
         assert run.data.tags["raysl.code_version"] == code_version()[0]
@@ -260,13 +289,18 @@ def test_study_layout(
     statuses = {t: (r.info.status, r.data.tags["raysl.status"]) for t, r in children.items()}
     assert statuses == {
         "t0": ("FINISHED", "completed"),
-        "t1": ("KILLED", "stopped"),
+        "t1": ("FINISHED", "stopped"),  # ASHA-stopped: not a failure
         "t2": ("FAILED", "failed"),
         "t3": ("FINISHED", "completed"),
     }
     assert children["t1"].data.tags["raysl.stopped_at_epoch"] == "1"
     assert children["t1"].data.tags["raysl.reason"] == "asha: below the rung median"
     assert children["t2"].data.tags["raysl.reason"] == "ValueError: boom"
+    t3_tags = children["t3"].data.tags
+    assert (t3_tags["raysl.best_value"], t3_tags["raysl.best_epoch"]) == ("31.0", "3")
+    note = children["t1"].data.tags["mlflow.note.content"]
+    assert "Trial #1" in note and "optim.lr=0.2" in note and "stopped" in note
+    assert "asha: below the rung median" in note and "unweighted" in note
 
     t0 = children["t0"].info.run_id
     history = client.get_metric_history(t0, "val/knn_top1")
@@ -276,16 +310,23 @@ def test_study_layout(
         (3, 30.0),
     ]
     assert [m.step for m in client.get_metric_history(t0, "train/loss/infonce")] == [1, 2, 3]
-    assert children["t0"].data.metrics["epoch"] == 3
+    assert "epoch" not in children["t0"].data.metrics  # the step already; a tag instead
+    assert children["t0"].data.tags["raysl.epochs"] == "3"
     assert children["t0"].data.metrics["test/knn_top1"] == 31.0
     assert "note" not in children["t0"].data.metrics
 
     pid = parent.info.run_id
     top = {a.path for a in client.list_artifacts(pid)}
-    assert top == {"best_config.yaml", "best_checkpoint", "plots"}
+    assert top == {
+        "best_config.yaml",
+        "best_checkpoint",
+        "plots",
+        "best_trial.json",
+        "leaderboard.json",
+    }
     plots = {a.path for a in client.list_artifacts(pid, "plots")}
-    names = ("optimization_history", "param_importances", "parallel_coordinate")
-    assert plots == {f"plots/{n}.{ext}" for n in names for ext in ("html", "png")}
+    names = ("optimization_history", "intermediate_values", "param_importances")
+    assert plots == {f"plots/{n}.png" for n in (*names, "parallel_coordinate")}
     down = Path(client.download_artifacts(pid, "", str(tmp_path / "down")))
     run_file = yaml.safe_load((down / "best_config.yaml").read_text())
     assert run_file["name"] == f"{experiment}_best"
@@ -295,7 +336,12 @@ def test_study_layout(
     ).read_bytes()
     assert (down / "best_checkpoint" / "extra" / "meta.json").read_text() == '{"epoch": 3}'
     assert (down / "plots" / "param_importances.png").read_bytes()[:4] == b"\x89PNG"
-    assert b"plotly" in (down / "plots" / "optimization_history.html").read_bytes()[:200_000]
+    assert all((down / "plots" / f"{n}.png").stat().st_size < 300_000 for n in names)
+    best_trial = json.loads((down / "best_trial.json").read_text())
+    assert best_trial["metrics"]["val/knn_top1"] == 31.0 and best_trial["optuna_trial"] == 3
+    assert best_trial["run_id"] == children["t3"].info.run_id
+    table = json.loads((down / "leaderboard.json").read_text())
+    assert table["columns"] == list(board) and table["data"][0] == [1, "#3", 31.0]
 
     rows = leaderboard(uri, experiment, top=3, metric="val/knn_top1", mode="max")
     assert [(r["trial_id"], r["val/knn_top1"]) for r in rows] == [
@@ -377,9 +423,12 @@ def test_plots_skipped_with_too_few_trials(
         tracker.study_ended(
             {"trial_id": "t0", "metrics": {}}, "completed", optuna_study=_optuna_study(1)
         )
-    assert "Optuna plots skipped: 1 completed trial" in caplog.text
+    assert "Optuna plots skipped: 1 trial(s) reported a value" in caplog.text
     client = MlflowClient(sqlite_uri)
-    assert {a.path for a in client.list_artifacts(tracker.parent_run_id)} == {"best_config.yaml"}
+    assert {a.path for a in client.list_artifacts(tracker.parent_run_id)} == {
+        "best_config.yaml",
+        "best_trial.json",
+    }
     # Without a config, best_config.yaml is rebuilt from the best trial's params, typed.
     path = client.download_artifacts(tracker.parent_run_id, "best_config.yaml")
     assert yaml.safe_load(Path(path).read_text())["config"] == CONFIG
@@ -427,9 +476,63 @@ def test_trials_from_several_threads(sqlite_uri: str) -> None:
     assert all(len(client.get_metric_history(r.info.run_id, "train/loss")) == 3 for r in runs)
 
 
+def test_only_params_that_affect_the_run_are_logged() -> None:
+    from raysl.tracking.params import relevant_params
+
+    config = {
+        "data.source": "digits",
+        "data.download": False,
+        "data.synthetic.num_samples": 2048,
+        "loss.infonce.weight": 1.0,
+        "loss.infonce.ramp_start": 0.0,
+        "loss.infonce.temperature": 0.2,
+        "loss.supcon.weight": 0.0,
+        "loss.supcon.temperature": 0.1,
+        "loss.icc.weight": 0.0,
+        "loss.icc.ramp_from": 1.0,  # ramps down from 1: on
+        "loss.icc.ramp_start": 0.0,
+        "eval.linear_probe": False,
+        "eval.probe_lr": 0.1,
+        "optim.name": "sgd",
+        "optim.lars_trust": 0.001,
+        "model.backbone": "convnet",
+        "model.width": 16,
+        "model.stem": "auto",
+    }
+    kept = relevant_params(config, keep=["loss.supcon.weight"])
+    assert kept == {
+        "data.source": "digits",
+        "loss.infonce.weight": 1.0,
+        "loss.infonce.temperature": 0.2,
+        "loss.supcon.weight": 0.0,  # searched: shown even at 0
+        "loss.icc.weight": 0.0,
+        "loss.icc.ramp_from": 1.0,
+        "loss.icc.ramp_start": 0.0,
+        "eval.linear_probe": False,
+        "optim.name": "sgd",
+        "model.backbone": "convnet",
+        "model.width": 16,
+    }
+
+
+def test_study_question_from_the_header() -> None:
+    from raysl.tracking.describe import study_question
+
+    root = Path(__file__).parents[1] / "search_spaces"
+    assert study_question(root / "quickstart.yaml").startswith(
+        "which lr, InfoNCE temperature and crop scale work best on digits"
+    )
+    assert study_question(root / "quickstart.yaml").endswith("(supcon weight 0 = SimCLR alone)?")
+    assert study_question(root / "bsim_cifar10.yaml") == (
+        "what does BSIM add to SimCLR at equal epochs and batch?"
+    )
+    assert study_question(root / "missing.yaml") == ""
+
+
 def test_tracking_imports_neither_ray_nor_torch() -> None:
     code = (
         "import sys, raysl.tracking.tracker, raysl.tracking.ranking, raysl.tracking.plots, "
+        "raysl.tracking.board, raysl.tracking.params, raysl.study_console, "
         "raysl.cli.report, raysl.cli.ui; "
         "print(sorted(m for m in ('ray', 'torch') if m in sys.modules))"
     )

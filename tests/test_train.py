@@ -137,6 +137,24 @@ def test_resume_with_a_different_config_is_refused(tiny_config, tmp_path: Path) 
     )
 
 
+def test_a_checkpoint_older_than_a_config_key_resumes(tmp_path: Path) -> None:
+    """A checkpoint saved before `loss.infonce.symmetric` existed resumes when the key has its
+    default; a checkpoint whose saved value differs is still refused before anything changes."""
+    from raysl.checkpoint import load_checkpoint
+    from raysl.errors import ConfigError
+
+    cfg = Config().override({**TINY, "epochs": 1})
+    fit(cfg, Recorder(), checkpoint_dir=tmp_path)
+    state = load_checkpoint(tmp_path / "epoch_0001")
+    older = {k: v for k, v in state["config"].items() if k != "loss.infonce.symmetric"}
+    recorder = Recorder()
+    fit(cfg.override({"epochs": 2}), recorder, resume_from={**state, "config": older})
+    assert [m["epoch"] for m in recorder.epochs] == [2.0]
+    other = {**state["config"], "loss.infonce.symmetric": False}
+    with pytest.raises(ConfigError, match=r"loss\.infonce\.symmetric: False -> True"):
+        fit(cfg.override({"epochs": 2}), Recorder(), resume_from={**state, "config": other})
+
+
 def test_linear_probe_and_test_metrics(tmp_path: Path) -> None:
     summary = fit(
         Config().override(
@@ -155,3 +173,27 @@ def test_compiled_loop_matches_eager() -> None:
     compiled = fit(Config().override({**TINY, "epochs": 1, "compile": True}), Recorder())
     assert compiled["train/loss"] == pytest.approx(eager["train/loss"], rel=1e-4)
     assert compiled["val/knn_top1"] == pytest.approx(eager["val/knn_top1"], abs=1e-6)
+
+
+def test_augmentation_params_reach_augment_on_the_cpu(monkeypatch) -> None:
+    """Regression (CUDA path): the loop copied each step's augmentation parameters to the
+    training device and `Augment` copied them back, two blocking copies per step on a GPU
+    (the CPU then waits for the GPU's queue). They must reach `Augment` untouched, on the CPU."""
+    from raysl.augment import pipeline
+
+    moved, seen = [], []
+    to, call = pipeline.AugParams.to, pipeline.Augment.__call__
+
+    def spy_to(self, device, non_blocking=False):
+        moved.append((sys._getframe(1).f_globals["__name__"], str(device)))
+        return to(self, device, non_blocking)
+
+    def spy_call(self, images, params):
+        seen.append(params.flip.device.type)
+        return call(self, images, params)
+
+    monkeypatch.setattr(pipeline.AugParams, "to", spy_to)
+    monkeypatch.setattr(pipeline.Augment, "__call__", spy_call)
+    fit(Config().override({**TINY, "epochs": 1}))
+    assert seen and set(seen) == {"cpu"}
+    assert [m for m in moved if m[0] in ("raysl.train", "raysl.train_step")] == []

@@ -74,6 +74,11 @@ class _LazyGroup(click.Group):
             "launch",
             "Bring up a Ray cluster (or a KubeRay RayJob) and run a study on it as a Ray Job.",
         ),
+        "export": (
+            "raysl.cli.export",
+            "export",
+            "Write a trained encoder (checkpoint or study's best) for `raysl.load_encoder`.",
+        ),
         "doctor": (
             "raysl.cli.doctor",
             "doctor",

@@ -3,20 +3,10 @@
 from __future__ import annotations
 
 import logging
-import math
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import click
-
-_STATUS_STYLE = {
-    "completed": "green",
-    "stopped": "yellow",
-    "failed": "red",
-    "running": "cyan",
-    "interrupted": "magenta",
-}
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -49,18 +39,19 @@ def report(
 ) -> None:
     """Rank the trials of the newest study of search space NAME (an MLflow experiment).
 
-    Prints the top trials with their searched params, status, epochs run and metrics (each
-    trial's last reported value), and writes every trial to OUT/NAME_leaderboard.parquet
-    and .csv. Failed trials rank after the others.
+    Prints the study's summary and the top trials as `raysl tune` does: rank, Optuna trial
+    number, status (stopped@5: stopped after epoch 5), the metric at the trial's last epoch
+    (the ranking value), its best epoch value, the searched params. Full-budget trials rank
+    first, then stopped ones, then failed ones. Every trial, with every metric, goes to
+    OUT/NAME_leaderboard.parquet and .csv.
 
     \b
       raysl report simclr_cifar10 --top 5
       raysl report simclr_cifar10 --metric train/loss --mode min --tracking-uri http://mlflow:5000
     """
-    from rich.table import Table
-
-    from raysl.study_console import wide_console
+    from raysl.study_console import leaderboard_table, wide_console
     from raysl.tracking import newest_study, rank_trials, resolve_tracking_uri, write_leaderboard
+    from raysl.tracking.ranking import searched_keys
 
     out = out or Path("runs") / name
     _log_to(out / "raysl.log")
@@ -72,46 +63,19 @@ def report(
     parent = study.parent
     started = datetime.fromtimestamp(parent.info.start_time / 1000).strftime("%Y-%m-%d %H:%M")
     status = parent.data.tags.get("raysl.status") or parent.info.status.lower()
-    searched = sorted(
-        {k for run in study.trials for k in run.data.tags.get("raysl.searched", "").split(",") if k}
-    )
-    extra = [k for k in ("train/loss",) if k != metric and any(k in row for row in rows)]
-    table = Table(header_style="bold")
-    for column in ("#", "trial", "status", "epochs"):
-        table.add_column(column, justify="right" if column in ("#", "epochs") else "left")
-    table.add_column(metric, justify="right", style="bold")
-    for key in [*searched, *extra]:
-        table.add_column(key, justify="right")
-    for row in rows[:top]:
-        style = _STATUS_STYLE.get(row["status"], "")
-        table.add_row(
-            str(row["rank"]),
-            str(row["trial_id"]),
-            f"[{style}]{row['status']}[/]" if style else str(row["status"]),
-            _cell("epochs", row["epochs"]),
-            _cell(metric, row[metric]),
-            *(_cell(key, row.get(key)) for key in [*searched, *extra]),
-        )
     console = wide_console()
     console.print(
         f"[bold]{name}[/]: study {parent.info.run_name} ({status}, started {started}); "
         f"top {min(top, len(rows))} of {len(rows)} trials by {metric} ({mode})",
-        soft_wrap=True,
+        soft_wrap=False,  # wrapped at words on a narrow terminal
+    )
+    if parent.data.tags.get("raysl.summary"):
+        console.print(parent.data.tags["raysl.summary"], markup=False, highlight=False)
+    table = leaderboard_table(
+        rows, metric, searched_keys(study), title="", width=console.width, top=top
     )
     console.print(table)
     console.print(f"leaderboard: {parquet} and {csv_path.name}")
-
-
-def _cell(key: str, value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if key.endswith(("top1", "top5", "acc")):
-        return f"{value:.2f}"
-    return str(value) if isinstance(value, int) else f"{value:.4g}"
 
 
 class _LazyFileHandler(logging.FileHandler):

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import sys
 import warnings
 from pathlib import Path
 
 import click
-import yaml
 
 from raysl.errors import ConfigError, NonFiniteLossError, Problem
 from raysl.runfile import load_run_file, parse_overrides
@@ -34,7 +32,7 @@ _SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 @click.option(
     "--resume",
     is_flag=True,
-    help="Continue from the newest checkpoint of this run (starts fresh if there is none).",
+    help="Continue from the newest checkpoint of this run that loads (starts fresh if there is none).",
 )
 @click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Shortcut for --set device=..."
@@ -80,7 +78,7 @@ _SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
     type=int,
     default=0,
     show_default=True,
-    help="Worker-group restarts (from the last checkpoint) before the run fails.",
+    help="Worker-group restarts (from the last checkpoint) before the run fails (>= 0).",
 )
 def train(
     config_file: Path,
@@ -119,6 +117,13 @@ def train(
         flat["device"] = device
     run_file = load_run_file(config_file, flat)
     cfg = run_file.config
+    if max_failures < 0:
+        raise ConfigError(
+            Problem(
+                f"must be >= 0 (got {max_failures}): the number of restarts before the run fails",
+                key="--max-failures",
+            )
+        )
     out = out or Path("runs") / run_file.name
     on_ray = workers is not None
     if on_ray:
@@ -148,33 +153,38 @@ def train(
             gpus_per_worker = 1.0 if torch.cuda.is_available() and cfg.device != "cpu" else 0.0
         scale = Scale(workers, gpus_per_worker, cpus_per_worker, placement, max_failures)
         scale.check(cfg)  # before anything starts
+        if existing:
+            from raysl.cli.run_dir import check_storage_resumable
+
+            check_storage_resumable(storage, name, existing[-1], cfg)
 
     # Import the heavy stack only once the input is known to be good.
-    from raysl.console import ConsoleReporter
-    from raysl.reporting import JsonlReporter, Reporter, Reporters
+    from raysl.cli.run_dir import RunDir, newest_state
+    from raysl.reporting import Reporter
     from raysl.runtime import Runtime
 
     runtime = Runtime() if on_ray else Runtime.from_env(cfg.device)
+    state = None
+    if existing and not on_ray:  # check the checkpoint before anything is written
+        state = newest_state(out, cfg, runtime.rank == 0)
     reporter: Reporter = Reporter()
-    created = not out.exists()
+    run_dir = None
     if runtime.rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        _log_to_file(out / "raysl.log")
         resolved = {"name": run_file.name, "config": cfg.model_dump(exclude_none=True)}
-        (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-        live = False if quiet else None
-        reporter = Reporters([ConsoleReporter(live=live), JsonlReporter(out / "metrics.jsonl")])
+        reporter = run_dir = RunDir(out, resolved, live=False if quiet else None)
         if resume and not existing:
             click.echo(f"no checkpoint for {out}; starting from scratch")
     try:
         if scale is not None:
-            _train_on_ray(cfg, out, scale, storage, reporter, address)
+            assert run_dir is not None
+            run_dir.create()  # Ray logs there from the start
+            _train_on_ray(cfg, out, scale, storage, run_dir, address)
         else:
-            _train_here(cfg, out, runtime, reporter, resume, run_file.name)
+            _train_here(cfg, out, runtime, reporter, state, run_file.name)
     except ConfigError:
-        # Bad data paths etc. surface once the run starts: leave nothing behind for them.
-        if created and runtime.rank == 0 and not existing:
-            shutil.rmtree(out, ignore_errors=True)
+        # Bad data paths etc. found by Ray workers: leave nothing behind for them.
+        if run_dir is not None:
+            run_dir.remove_if_new()
         raise
     except NonFiniteLossError as exc:
         if runtime.rank == 0:
@@ -182,27 +192,28 @@ def train(
         sys.exit(1)
     except KeyboardInterrupt:
         if runtime.rank == 0:
-            hint = f"raysl train {config_file} --out {out} --resume"
-            click.echo(f"\ninterrupted; continue with: {hint}", err=True)
+            if run_dir is not None and run_dir.inner is None:
+                run_dir.remove_if_new()
+                click.echo("\ninterrupted before the run started; nothing was written", err=True)
+            else:
+                hint = f"raysl train {config_file} --out {out} --resume"
+                click.echo(f"\ninterrupted; continue with: {hint}", err=True)
         sys.exit(130)
 
 
-def _train_here(cfg, out: Path, runtime, reporter, resume: bool, name: str) -> None:
-    """One process, or this process's rank under torchrun."""
+def _train_here(cfg, out: Path, runtime, reporter, state: dict | None, name: str) -> None:
+    """One process, or this process's rank under torchrun; `state`: the checkpoint to resume."""
     import torch.distributed as dist
 
-    from raysl.checkpoint import latest_checkpoint
     from raysl.train import fit
 
-    checkpoint_dir = out / "checkpoints"
     try:
-        resume_from = latest_checkpoint(checkpoint_dir) if resume else None
         fit(
             cfg,
             reporter,
             runtime,
-            checkpoint_dir=checkpoint_dir,
-            resume_from=resume_from,
+            checkpoint_dir=out / "checkpoints",
+            resume_from=state,
             name=name,
         )
         if dist.is_initialized():

@@ -70,7 +70,9 @@ def tune(
 
     A trial with tune.resources.workers = 1 runs the training loop inside the Tune trial;
     with more workers it launches a Ray Train run (DDP) per trial. The study's metric is
-    reported on the val split every epoch; the test split is never used by a study.
+    reported on the val split every epoch; no trial sees the test split: when the
+    study completes, the best trial's checkpoint is evaluated on it and logged as an MLflow
+    model (registered as tune.register, if set).
     """
     from raysl.search import load_search_spec
 
@@ -92,11 +94,21 @@ def tune(
                 key="--out",
             )
         )
+    if resume and not (out / "study.json").is_file():
+        raise ConfigError(
+            Problem(
+                f"{out} holds no study to resume (no study.json); start the study without "
+                "--resume, or give the --out of the study to continue",
+                key="--resume",
+            )
+        )
 
     from raysl.tracking import resolve_tracking_uri
 
     tracking_uri = resolve_tracking_uri(tracking_uri)
     created = not out.exists()
+    # the topmost directory this command creates (runs/ too on a first study): removed on refusal
+    top = next((p for p in reversed([out, *out.parents]) if not p.exists()), out)
     out.mkdir(parents=True, exist_ok=True)
     _log_to_file(out / "raysl.log")
 
@@ -114,7 +126,7 @@ def tune(
         )
     except ConfigError:
         if created and not resume:
-            shutil.rmtree(out, ignore_errors=True)
+            shutil.rmtree(top, ignore_errors=True)
         raise
     except KeyboardInterrupt:
         click.echo(

@@ -44,7 +44,9 @@ def ui(tracking_uri: str | None, host: str, port: int) -> None:
     """Start the MLflow UI on the store that studies log to, and wait; Ctrl-C stops it.
 
     Each search space is an experiment, each study a parent run and each trial a nested
-    child run: select runs and press Compare to see their params and curves side by side.
+    child run. For each study's experiment it prints a link to its trials table (searched
+    params, the metric, status, stopped-at epoch): select trials and press Compare to see
+    their params and curves side by side.
     With an MLflow server as --tracking-uri, open the server's own address instead.
     """
     from raysl.tracking.store import ARTIFACTS_DIR, resolve_tracking_uri, sqlite_path
@@ -89,7 +91,10 @@ def ui(tracking_uri: str | None, host: str, port: int) -> None:
     stopped_by_user = False
     try:
         _wait_until_up(server, f"http://{_url_host(_probe_host(host))}:{port}", log)
-        click.echo(f"MLflow UI: http://{_url_host(_shown_host(host))}:{port}   (Ctrl-C stops it)")
+        base = f"http://{_url_host(_shown_host(host))}:{port}"
+        click.echo(f"MLflow UI: {base}   (Ctrl-C stops it)")
+        for name, link in _study_links(uri, base):
+            click.echo(f"  {name}: {link}")
         click.echo(f"store: {uri}; server log: {log}")
         if _probe_host(host) not in ("127.0.0.1", "::1", "localhost"):
             click.echo(
@@ -107,6 +112,20 @@ def ui(tracking_uri: str | None, host: str, port: int) -> None:
             log.unlink(missing_ok=True)  # kept only when something went wrong
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _study_links(uri: str, base: str, limit: int = 8) -> list[tuple[str, str]]:
+    """(experiment, link to its trials table) for the experiments studies made, newest first."""
+    from raysl.tracking.store import open_client
+    from raysl.tracking.view import VIEW_TAG, runs_table_url
+
+    try:
+        client = open_client(uri, must_exist=True)
+        found = client.search_experiments(order_by=["last_update_time DESC"])
+    except Exception:  # the links are a convenience; the UI itself is up
+        return []
+    studies = [e for e in found if VIEW_TAG in e.tags]
+    return [(e.name, runs_table_url(base, e.experiment_id)) for e in studies[:limit]]
 
 
 def _interrupt(signum: int, frame: object) -> None:

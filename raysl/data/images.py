@@ -107,6 +107,19 @@ def _open(item: bytes | Path, name: str, root: str | Path) -> Any:
         image = Image.open(io.BytesIO(item) if isinstance(item, bytes) else item)
         image.load()
         return image
+    except Image.DecompressionBombError:
+        raise data_error(
+            f"image {name} claims more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels "
+            "(PIL's limit against decompression bombs)",
+            "replace the file with an image of a sensible size, or remove it",
+            root,
+        ) from None
+    except PermissionError:
+        raise data_error(
+            f"permission denied reading image {name}",
+            "make it readable by this user (chmod), or remove it",
+            root,
+        ) from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
         raise data_error(
             f"cannot decode image {name} ({exc}); expected PNG/JPEG/BMP/WebP",

@@ -16,7 +16,7 @@ import torch
 from raysl.config import DataConfig
 from raysl.data.base import ImageSet, Splits
 from raysl.data.parquet import _num_classes, parquet_root, read_labels, read_rows
-from raysl.data.splits import channel_stats, stratified_holdout
+from raysl.data.splits import channel_stats, train_rows
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,8 @@ class StreamPlan:
 
     Attributes:
         splits: val and test as usual; `train` holds only the kNN bank's images.
-        train_index: dataset indices of the rows to stream (val removed, `train_limit` applied).
+        train_index: dataset indices of the rows to stream (val removed, `train_fraction`
+            and `train_limit` applied).
         num_samples: one more than the largest dataset index (the size of per-image pools).
     """
 
@@ -37,9 +38,7 @@ class StreamPlan:
 def plan_stream(cfg: DataConfig, seed: int, bank_limit: int) -> StreamPlan:
     root = parquet_root(cfg)
     index, labels = read_labels(root / "train")
-    train_pos, val_pos = stratified_holdout(labels, cfg.val_fraction, seed)
-    if cfg.train_limit is not None:
-        train_pos = train_pos[: cfg.train_limit]
+    train_pos, val_pos = train_rows(labels, cfg, seed)
     train_index = index[train_pos]
     bank_index = train_index[labels[train_pos] >= 0][:bank_limit]
     bank = _image_set(*read_rows(root / "train", bank_index, cfg.image_size, root))

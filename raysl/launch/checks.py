@@ -8,21 +8,14 @@ that fit no node) and warnings (it would run, but not as the user probably wants
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 
 from raysl.errors import Problem
 from raysl.launch.cluster import ClusterFile
+from raysl.launch.security import security_problems
 from raysl.search import SearchSpec
 
 _SHARED_SCHEMES = ("s3://", "gs://", "abfss://", "hdfs://")
-_CREDENTIALS = (
-    (re.compile(r"AKIA[0-9A-Z]{16}"), "an AWS access key id"),
-    (re.compile(r"aws_secret_access_key|secret_access_key", re.I), "an AWS secret key"),
-    (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"), "a private key"),
-    (re.compile(r"\"private_key\"\s*:"), "a service-account key"),
-    (re.compile(r"^\s*gcp_credentials\s*:", re.M), "GCP credentials"),
-)
 
 
 def check_cluster(
@@ -31,15 +24,7 @@ def check_cluster(
     """(errors, warnings) for `cluster` and the search spaces meant to run on it."""
     errors: list[Problem] = []
     warnings: list[Problem] = []
-    text = cluster.path.read_text(encoding="utf-8")
-    for pattern, what in _CREDENTIALS:
-        if pattern.search(text):
-            errors.append(
-                cluster.problem(
-                    f"the file holds {what}; remove it and use instance roles / service "
-                    "accounts (nodes) and your local profile (ray up)"
-                )
-            )
+    errors += security_problems(cluster)
     if cluster.provider != "local" and not cluster.storage.startswith((*_SHARED_SCHEMES, "/")):
         errors.append(
             cluster.problem(
@@ -93,16 +78,6 @@ def _check_ray_yaml(cluster: ClusterFile, errors: list[Problem], warnings: list[
                 "head_start_ray_commands",
             )
         )
-    for flag in ("--dashboard-host=0.0.0.0", "--dashboard-host 0.0.0.0", "--host 0.0.0.0"):
-        if flag in head_start:
-            errors.append(
-                cluster.problem(
-                    f"`{flag}` exposes a server on every interface; keep the dashboard on "
-                    "127.0.0.1 (reach it with `ray dashboard CLUSTER.yaml`) and MLflow on the "
-                    "head's internal IP",
-                    "head_start_ray_commands",
-                )
-            )
 
 
 def _check_space(

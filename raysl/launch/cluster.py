@@ -11,8 +11,8 @@
   `raysl.io/storage` in a RayJob. Checkpoints go to `<storage>/<study>`, MLflow artifacts to
   `<storage>/mlflow`.
 
-`raysl.launch.checks` holds raysl's own expectations (GPU node type, MLflow on the head, no
-credentials, resources that fit the search spaces).
+`raysl.launch.kuberay` checks RayJobs; `raysl.launch.checks` holds raysl's own expectations
+(GPU node type, MLflow on the head, no credentials, resources that fit the search spaces).
 """
 
 from __future__ import annotations
@@ -83,7 +83,9 @@ def load_cluster_file(path: str | Path) -> ClusterFile:
     path = Path(path)
     doc, lines = read_yaml(path)
     if doc.get("kind") == "RayJob":
-        return _load_rayjob(path, doc, lines)
+        from raysl.launch.kuberay import load_rayjob  # it imports this module's types
+
+        return load_rayjob(path, doc, lines)
     return _load_ray_yaml(path, doc, lines)
 
 
@@ -174,88 +176,3 @@ def _storage(doc: Mapping[str, Any], lines: dict[str, int], where: str) -> str:
             )
         )
     return storage
-
-
-# ---- KubeRay RayJob ----------------------------------------------------------------------------
-def _load_rayjob(path: Path, doc: dict[str, Any], lines: dict[str, int]) -> ClusterFile:
-    where = str(path)
-    problems: list[Problem] = []
-
-    def need(ok: bool, key: str, message: str) -> None:
-        if not ok:
-            problems.append(Problem(message, key=key, where=where, line=lines.get(key)))
-
-    need(str(doc.get("apiVersion", "")).startswith("ray.io/"), "apiVersion", "must be ray.io/v1")
-    spec = doc.get("spec") or {}
-    need(isinstance(spec, Mapping) and bool(spec), "spec", "the RayJob has no spec")
-    cluster = spec.get("rayClusterSpec") or {}
-    need(bool(cluster), "spec.rayClusterSpec", "add the RayCluster spec (head and worker groups)")
-    need(
-        cluster.get("enableInTreeAutoscaling") is True,
-        "spec.rayClusterSpec.enableInTreeAutoscaling",
-        "set to true so GPU workers scale from zero",
-    )
-    head = cluster.get("headGroupSpec") or {}
-    head_containers = _containers(head)
-    need(
-        bool(head_containers),
-        "spec.rayClusterSpec.headGroupSpec",
-        "needs template.spec.containers with the ray-head container",
-    )
-    groups = cluster.get("workerGroupSpecs") or []
-    need(
-        isinstance(groups, list) and bool(groups),
-        "spec.rayClusterSpec.workerGroupSpecs",
-        "add a GPU worker group",
-    )
-    types = [_pod_type("head", head, head=True)] if head_containers else []
-    for i, group in enumerate(groups if isinstance(groups, list) else []):
-        key = f"spec.rayClusterSpec.workerGroupSpecs.{i}"
-        need(bool(group.get("groupName")), key, "every worker group needs a groupName")
-        need(bool(_containers(group)), key, "needs template.spec.containers")
-        types.append(_pod_type(str(group.get("groupName", i)), group))
-    gpu_groups = [t for t in types if t.gpu > 0 and not t.head]
-    need(
-        bool(gpu_groups),
-        "spec.rayClusterSpec.workerGroupSpecs",
-        "no worker group asks for GPUs; set resources.limits nvidia.com/gpu in one",
-    )
-    for t in gpu_groups:
-        need(
-            t.min_workers == 0,
-            "spec.rayClusterSpec.workerGroupSpecs",
-            f"GPU group {t.name}: set minReplicas: 0 so idle GPUs are released",
-        )
-    annotations = ((head.get("template") or {}).get("metadata") or {}).get("annotations") or {}
-    storage = annotations.get(KUBERAY_STORAGE_ANNOTATION)
-    need(
-        bool(storage),
-        "spec.rayClusterSpec.headGroupSpec.template.metadata.annotations",
-        f"set {KUBERAY_STORAGE_ANNOTATION}: s3://BUCKET/raysl (or gs://, or an RWX volume path)",
-    )
-    if problems:
-        raise ConfigError(problems)
-    name = str((doc.get("metadata") or {}).get("name", path.stem))
-    return ClusterFile(path, "kuberay", "kuberay", name, str(storage), tuple(types), doc, lines)
-
-
-def _containers(group: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    containers = ((group.get("template") or {}).get("spec") or {}).get("containers") or []
-    return [c for c in containers if isinstance(c, Mapping)]
-
-
-def _pod_type(name: str, group: Mapping[str, Any], head: bool = False) -> NodeType:
-    """Resources of the group's Ray container (the first one), from its limits."""
-    containers = _containers(group)
-    limits = ((containers[0].get("resources") or {}).get("limits") or {}) if containers else {}
-    cpu = str(limits.get("cpu", "0"))
-    cpus = float(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
-    replicas = 0 if head else int(group.get("minReplicas", 0))
-    return NodeType(
-        name,
-        cpus,
-        float(limits.get("nvidia.com/gpu", 0)),
-        replicas,
-        0 if head else int(group.get("maxReplicas", 0)),
-        head=head,
-    )

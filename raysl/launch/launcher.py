@@ -28,8 +28,10 @@ from pathlib import Path
 
 import yaml
 
+from raysl.errors import ConfigError
 from raysl.launch.cluster import MLFLOW_PORT, SPACE_CONFIGMAP, SPACE_MOUNT, ClusterFile
 from raysl.launch.ray_job import follow_job, study_job, submit_command, submit_study
+from raysl.launch.security import security_problems
 from raysl.search import SearchSpec
 
 DASHBOARD_PORT = 8265
@@ -88,7 +90,14 @@ def build_plan(
 
     `slots` (trials that fit the cluster at its largest) becomes `tune.max_concurrent` when the
     space leaves it on auto.
+
+    Raises:
+        ConfigError: the file opens a server on every interface or holds credentials (the
+            doctor's security checks): nothing is planned, printed or run.
     """
+    unsafe = security_problems(cluster)  # what `raysl doctor` flags never runs, whoever calls
+    if unsafe:
+        raise ConfigError(unsafe)
     plan = Plan()
     overrides = list(overrides)
     if spec.tune.max_concurrent is None and slots and not _sets(overrides, "tune.max_concurrent"):

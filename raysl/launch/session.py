@@ -22,6 +22,9 @@ _QUIET_ENV = {
     # snapshot the experiment state on every loop (default: at most every 10 s), so a killed
     # driver's study resumes knowing every trial it started
     "TUNE_GLOBAL_CHECKPOINT_S": "0",
+    # Ctrl-C raises KeyboardInterrupt in the driver (Tune's own handler would end the study as
+    # if it had completed): the CLI ends the MLflow runs as interrupted and prints how to resume
+    "TUNE_DISABLE_SIGINT_HANDLER": "1",
 }
 
 
@@ -45,10 +48,13 @@ def ray_session(
     _log_ray_to(log_file)
     started = not ray.is_initialized()
     if started:
+        local = address is None and not os.environ.get("RAY_ADDRESS")
         ray.init(
-            address=address,
-            num_cpus=num_cpus if address is None else None,
-            resources={DRIVER_RESOURCE: 1.0} if address is None else None,
+            # "local": a fresh cluster, never one a `ray start` left on this machine (which
+            # `address=None` would join, and then refuse the resources below)
+            address="local" if local else address,
+            num_cpus=num_cpus if local else None,
+            resources={DRIVER_RESOURCE: 1.0} if local else None,
             include_dashboard=False,
             log_to_driver=False,
             logging_level=logging.WARNING,

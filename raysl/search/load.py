@@ -114,6 +114,8 @@ def _cross_check(
     """What needs the config, the params and the tune settings together."""
     searched = {p.key: p for p in params}
     _check_extremes(base, params, out)
+    _check_conditions(base, params, out)
+    _check_knn_bank(base, searched.get("eval.knn_k"), out)
     _check_metric(base, params, tune, out)
 
     workers = tune.resources.workers
@@ -166,6 +168,56 @@ def _cross_check(
             )
             base = base.override({"eval.every": 1})
     return base
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return "true/false" if isinstance(value, bool) else "null"
+    if isinstance(value, int | float):
+        return "number"
+    return "string" if isinstance(value, str) else "list"
+
+
+def _check_conditions(base: Config, params: tuple[Param, ...], out: Problems) -> None:
+    """A `when:` that compares a number with a string (`weight == abc`) never holds: refuse it."""
+    searched = {p.key: p for p in params}
+    flat = base.to_flat()
+    for p in params:
+        when = p.when
+        if when is None:
+            continue
+        source = searched.get(when.key)
+        if source is not None:
+            kinds = (
+                {_kind(c) for c in source.choices or ()} if source.kind == "choice" else {"number"}
+            )
+        elif flat.get(when.key) is not None:
+            kinds = {_kind(flat[when.key])}
+        else:
+            continue  # a key the base config does not hold (e.g. an absent term): reads as null
+        wanted = {_kind(v) for v in when.value} if when.op == "in" else {_kind(when.value)}
+        if when.op in (">", ">=", "<", "<="):
+            wanted = {"number"}
+        if kinds & wanted:
+            continue
+        shown, other = " or ".join(sorted(kinds)), " or ".join(sorted(wanted))
+        never = "is always true" if when.op == "!=" else "never holds"
+        out.add(
+            f"when: '{when}' compares {when.key} (a {shown}) with a {other}, so it {never}; "
+            f"compare with a {shown}",
+            f"search.{p.key}.when",
+            f"search.{p.key}",
+        )
+
+
+def _check_knn_bank(base: Config, knn: Param | None, out: Problems) -> None:
+    """`eval.knn_k` (its largest searched value) must fit in the kNN bank, when known."""
+    from raysl.data.splits import knn_bank_problem, knn_bank_size
+
+    bank = knn_bank_size(base.data, base.eval.bank_limit)
+    k = int(knn.extreme("high")) if knn is not None else base.eval.knn_k  # type: ignore[arg-type]
+    if problem := knn_bank_problem(k, bank):
+        out.add(problem.message, "search.eval.knn_k" if knn is not None else "config.eval.knn_k")
 
 
 def _check_metric(

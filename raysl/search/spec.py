@@ -180,6 +180,9 @@ class TuneSettings:
     # retries of a failed trial (e.g. its spot node was reclaimed), each from the trial's last
     # checkpoint; any error is retried, a diverged loss too (it will diverge again: keep it small)
     max_failures: int = 0
+    # the best encoder, at the end of a completed study, as a new version of this MLflow
+    # registered model (None: logged as the parent run's model `encoder` only)
+    register: str | None = None
 
 
 @dataclass(frozen=True)

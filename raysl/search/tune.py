@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,11 +23,13 @@ TUNE_KEYS = (
     "time_budget_s",
     "startup_trials",
     "max_failures",
+    "register",
     "config",  # base-config overrides for the study's trials (read by load_search_spec)
 )
 RESOURCE_KEYS = ("cpu", "gpu", "workers")
 ASHA_KEYS = ("grace_period", "reduction_factor")
 SCHEDULERS = ("asha", "none")
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")  # safe in models:/NAME/VERSION
 
 
 def parse_tune(raw: Mapping[str, Any], out: Problems) -> TuneSettings:
@@ -52,7 +55,16 @@ def parse_tune(raw: Mapping[str, Any], out: Problems) -> TuneSettings:
     if budget is not None and not (is_number(budget) and budget > 0):
         out.add(f"must be null or seconds > 0 (got {budget!r})", "tune.time_budget_s")
         budget = None
+    register = raw.get("register")
+    if register is not None and not (isinstance(register, str) and _MODEL_NAME.match(register)):
+        out.add(
+            "must be null or a registered-model name of letters, digits, '.', '_' and '-' "
+            f"(at most 100, e.g. quickstart-encoder; got {register!r})",
+            "tune.register",
+        )
+        register = None
     return TuneSettings(
+        register=register,
         metric=metric,
         mode=mode,
         num_samples=out.integer(

@@ -2,13 +2,23 @@
 
 Layout in MLflow (one experiment per search-space `name`):
 
-- parent run per study (run name = study name; tags `raysl.kind=study`, `raysl.status`,
-  `raysl.best_trial_id`, `raysl.best_run_id`, `raysl.code_version`); metrics `best/<metric>`;
-  artifacts `best_config.yaml`, `best_checkpoint/`, `plots/<plot>.html|.png`.
-- child run per trial (tag `mlflow.parentRunId`; `raysl.kind=trial`, `raysl.trial_id`,
+- parent run per study (run name = study name; description = the study's question and
+  summary; tags `raysl.kind=study`, `raysl.status`, `raysl.summary`, `raysl.best_trial_id`,
+  `raysl.best_run_id`, `raysl.code_version`); artifacts `leaderboard.json` (a `log_table`),
+  `best_trial.json`, `best_config.yaml`, `best_checkpoint/`, `plots/<plot>.png`; system
+  metrics where psutil is installed.
+- child run per trial, named `#<Optuna number> <status> val <value>` (tag
+  `mlflow.parentRunId`; `raysl.kind=trial`, `raysl.trial_id`, `raysl.optuna_trial`,
   `raysl.status` running/completed/stopped/failed/interrupted, `raysl.searched`,
-  `raysl.stopped_at_epoch`, `raysl.reason`, `raysl.code_version`); params = the trial's full
-  dotted config; metrics per epoch (step = completed epochs).
+  `raysl.epochs`, `raysl.stopped_at_epoch`, `raysl.best_value`, `raysl.best_epoch`,
+  `raysl.reason`, `raysl.code_version`; a description); params = the dotted config keys that
+  can affect it (`raysl.tracking.params`); metrics per epoch (step = completed epochs).
+  Completed and ASHA-stopped trials end FINISHED, failed ones FAILED.
+- each trial and the parent have the dataset as an MLflow input, each trial its config as
+  `config.yaml` (`raysl.tracking.inputs`); a completed study's parent gets the winner's
+  test-split metrics `test/*`, the logged model `encoder` and, with `tune.register`, a
+  registered-model version (`raysl.tracking.model`); the experiment opens on its runs table
+  with raysl's view of the trials (`raysl.tracking.view`).
 
 `raysl.tracking.store` imports no mlflow at module level; the rest is imported on first use.
 """

@@ -13,7 +13,9 @@ from raysl.errors import ConfigError, Problem
 from raysl.tracking.store import open_client, search_all, slug
 from raysl.yamlio import parse_value
 
-_FIRST = ("rank", "trial_id", "status", "epochs")
+_FIRST = ("rank", "number", "trial_id", "status", "epochs")
+_LAST = ("run_id", "trial_name")
+BEST, BEST_EPOCH = "best", "best_epoch"  # a trial's best epoch value of the metric, and when
 
 
 @dataclass(frozen=True)
@@ -64,8 +66,11 @@ def rank_trials(
 ) -> list[dict[str, Any]]:
     """One row per trial, best first by the trial's last reported `metric`; the top `top`.
 
-    Row keys, the same in every row: rank, trial_id, status, epochs, `metric`, the searched
-    params (typed back from their text), every other metric (last value), run_id, trial_name.
+    Row keys, the same in every row: rank, number (the Optuna trial number), trial_id (Ray's),
+    status, epochs, `metric` (its value at the trial's last epoch: what ranks it), best and
+    best_epoch (the trial's best epoch value of the study's metric, tags the study writes),
+    the searched params (typed back from their text; None where a conditional param was not
+    searched), every other metric (last value), run_id, trial_name.
     As the study's own leaderboard (and its best trial): trials that ran their full budget
     first, then those ASHA stopped or that were interrupted, then failed ones; trials without
     the metric (or NaN) last within each group.
@@ -81,14 +86,7 @@ def rank_trials(
                 key="--metric",
             )
         )
-    searched = sorted(
-        {
-            key
-            for run in study.trials
-            for key in run.data.tags.get("raysl.searched", "").split(",")
-            if key
-        }
-    )
+    searched = searched_keys(study)
     others = sorted(logged - {metric, "epoch"})
     rows = [_row(run, metric, searched, others) for run in study.trials]
     sign = -1.0 if mode == "max" else 1.0
@@ -103,10 +101,20 @@ def rank_trials(
     for rank, row in enumerate(rows, start=1):
         row["rank"] = rank
     rows = [
-        {key: row[key] for key in (*_FIRST, metric, *searched, *others, "run_id", "trial_name")}
+        {key: row[key] for key in (*_FIRST, metric, BEST, BEST_EPOCH, *searched, *others, *_LAST)}
         for row in rows
     ]
     return rows[:top] if top else rows
+
+
+def searched_keys(study: Study) -> list[str]:
+    """The keys searched in any trial of `study`, in the search space's order where the parent
+    records it (`raysl.search_order`), else sorted."""
+    keys = {
+        key for run in study.trials for key in run.data.tags.get("raysl.searched", "").split(",")
+    } - {""}
+    order = [k for k in study.parent.data.tags.get("raysl.search_order", "").split(",") if k]
+    return [k for k in order if k in keys] + sorted(keys - set(order))
 
 
 def leaderboard(
@@ -148,12 +156,18 @@ def write_leaderboard(rows: list[Mapping[str, Any]], out_dir: Path, name: str) -
 def _row(run: Any, metric: str, searched: list[str], others: list[str]) -> dict[str, Any]:
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
     value = metrics.get(metric)
-    epochs = metrics.get("epoch", tags.get("raysl.stopped_at_epoch"))
+    epochs = tags.get("raysl.epochs", metrics.get("epoch", tags.get("raysl.stopped_at_epoch")))
+    number = tags.get("raysl.optuna_trial")
+    best = tags.get("raysl.best_value") if tags.get("raysl.metric") == metric else None
+    best_epoch = tags.get("raysl.best_epoch") if best is not None else None
     return {
+        "number": int(number) if number not in (None, "") else None,
         "trial_id": tags.get("raysl.trial_id", run.info.run_name),
         "status": tags.get("raysl.status") or run.info.status.lower(),
         "epochs": int(float(epochs)) if epochs is not None else None,
         metric: value if value is not None and math.isfinite(value) else None,
+        BEST: float(best) if best is not None else None,
+        BEST_EPOCH: int(best_epoch) if best_epoch is not None else None,
         **{key: parse_value(params[key]) if key in params else None for key in searched},
         **{key: metrics.get(key) for key in others},
         "run_id": run.info.run_id,

@@ -192,3 +192,82 @@ def test_unsafe_or_incomplete_cluster_is_refused(
     proc = run_cli("launch", str(path), str(_space(tmp_path)), "--dry-run")
     assert proc.returncode == 2 and proc.stdout == "", proc.stdout + proc.stderr
     assert expected in proc.stderr and str(path) in proc.stderr, proc.stderr
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """`raysl ARGS` in this process (the code a user runs, without a new interpreter)."""
+    from raysl.cli import main
+
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+_SECURITY = {  # case: (file, old, new, what the doctor's line says); new is written by the test
+    "quoted dashboard host": ("aws-gpu", "--dashboard-host=127.0.0.1", '--dashboard-host="0.0.0.0"', "`--dashboard-host=0.0.0.0` exposes a server on every interface"),
+    "single-quoted IPv6 any": ("aws-gpu", "--dashboard-host=127.0.0.1", "--dashboard-host '::'", "`--dashboard-host ::` exposes a server"),
+    "bracketed IPv6 any": ("gcp-gpu", "--dashboard-host=127.0.0.1", "--dashboard-host=[::]", "`--dashboard-host=[::]` exposes a server"),
+    "mlflow in head_setup_commands": ("aws-gpu", "setup_commands:\n", "head_setup_commands:\n  - nohup mlflow server --host=0.0.0.0 --port 5000 &\nsetup_commands:\n", "head_setup_commands.0: `--host=0.0.0.0` exposes a server"),
+    "mlflow -h in worker setup": ("onprem", "setup_commands:\n", "worker_setup_commands:\n  - mlflow server -h 0.0.0.0\nsetup_commands:\n", "worker_setup_commands.0: `-h 0.0.0.0` exposes"),
+    "gunicorn bind": ("aws-gpu", "setup_commands:\n", "head_setup_commands:\n  - mlflow server --gunicorn-opts '--bind 0.0.0.0:5000'\nsetup_commands:\n", "`--bind 0.0.0.0` exposes"),
+    "kuberay dashboard-host": ("kuberay-rayjob", "dashboard-host: 127.0.0.1", "dashboard-host: 0.0.0.0", "rayStartParams.dashboard-host: `dashboard-host: 0.0.0.0` exposes"),
+    "kuberay dashboard-host IPv6": ("kuberay-rayjob", "dashboard-host: 127.0.0.1", 'dashboard-host: "::"', "`dashboard-host: ::` exposes"),
+    "temporary AWS credentials": ("aws-gpu", "setup_commands:\n", "setup_commands:\n  - export AWS_ACCESS_KEY_ID=ASIAIOSFODNN7EXAMPLE AWS_SESSION_TOKEN='IQoJb3JpZ2luX2VjEJr'\n", "the file holds an AWS access key id|setup_commands.0: AWS_SESSION_TOKEN is set to a literal value"),
+    "AWS key id in a comment": ("onprem", "cluster_name:", "# AKIAIOSFODNN7EXAMPLE\ncluster_name:", "the file holds an AWS access key id"),
+    "password in a command": ("onprem", "  - ray stop\n", "  - DB_PASSWORD=hunter2 ray stop\n", "head_start_ray_commands.0: DB_PASSWORD is set to a literal value"),
+    "secret in kuberay env": ("kuberay-rayjob", '- {name: MLFLOW_TRACKING_URI, value: "http://127.0.0.1:5000"}', '- {name: MLFLOW_TRACKING_URI, value: "http://127.0.0.1:5000"}\n                - {name: WANDB_SECRET_KEY, value: "abc123"}', "containers.0.env.1.value: WANDB_SECRET_KEY has a literal value"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(_SECURITY))
+def test_the_doctor_flags_unsafe_files_and_launch_refuses_them(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stem, old, new, expected = _SECURITY[case]
+    text = (REPO / "clusters" / f"{stem}.yaml").read_text()
+    assert old in text
+    path = tmp_path / f"{stem}.yaml"
+    path.write_text(text.replace(old, new, 1))
+    space = _space(tmp_path)
+    code, out, err = _cli(capsys, "doctor", str(path))
+    assert code == 1, out + err
+    problems = [line for line in out.splitlines() if line.startswith(str(path))]
+    wanted = expected.split("|")
+    assert len(problems) == len(wanted), out
+    for want, line in zip(wanted, problems, strict=True):
+        assert want in line, line
+    assert out.strip().endswith(f"unhealthy: {len(wanted)} problem(s)")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for extra in (["--dry-run"], []):  # refused before a plan is printed or anything runs
+        code, out, err = _cli(capsys, "launch", str(path), str(space), *extra)
+        assert code == 2 and out == "", out + err
+        lines = err.strip().splitlines()
+        assert len(lines) == (1 if len(wanted) == 1 else len(wanted) + 1), err
+        assert all(want in err for want in wanted) and str(path) in err
+        assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("stem", "old", "new"),
+    [
+        ("aws-gpu", "--dashboard-host=127.0.0.1", "--dashboard-host=::1"),  # IPv6 loopback
+        ("aws-gpu", "setup_commands:\n", "setup_commands:\n  - export AWS_SESSION_TOKEN=$(cat /run/aws-token)\n"),
+        ("onprem", "  - ray stop\n", '  - DB_PASSWORD="${DB_PASSWORD}" ray stop\n'),
+        ("kuberay-rayjob", '- {name: MLFLOW_TRACKING_URI, value: "http://127.0.0.1:5000"}', '- {name: MLFLOW_TRACKING_URI, value: "http://127.0.0.1:5000"}\n                - {name: HF_TOKEN, valueFrom: {secretKeyRef: {name: hf, key: token}}}'),
+    ],
+)  # fmt: skip
+def test_references_and_loopback_binds_pass_the_doctor(
+    stem: str, old: str, new: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Secrets taken from the environment or a secret store, and ::1, are what the fix says."""
+    text = (REPO / "clusters" / f"{stem}.yaml").read_text()
+    assert old in text
+    path = tmp_path / f"{stem}.yaml"
+    path.write_text(text.replace(old, new, 1))
+    code, out, err = _cli(capsys, "doctor", str(path))
+    assert code == 0 and out.splitlines()[0].startswith("healthy: "), out + err

@@ -107,10 +107,18 @@ def test_killed_worker_restarts_from_the_last_checkpoint(tiny_config, tmp_path: 
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+
+    # the epoch row is written after its checkpoint's upload is reported back: wait for both
+    def first_epoch_logged() -> bool:
+        metrics = out / "metrics.jsonl"
+        return (out / "checkpoints" / "epoch_0001").exists() and bool(
+            metrics.exists() and read_jsonl(metrics, "epoch")
+        )
+
     deadline = time.time() + 300
-    while time.time() < deadline and not (out / "checkpoints" / "epoch_0001").exists():
+    while time.time() < deadline and not first_epoch_logged():
         time.sleep(0.1)
-    assert (out / "checkpoints" / "epoch_0001").exists(), "no first checkpoint"
+    assert first_epoch_logged(), "no first checkpoint and epoch row"
     done_before = max(r["epoch"] for r in read_jsonl(out / "metrics.jsonl", "epoch"))
     victim = next(w for w in json.loads((out / "workers.json").read_text()) if w["rank"] == 1)
     os.kill(victim["pid"], signal.SIGKILL)  # one training worker, by pid

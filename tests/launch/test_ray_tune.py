@@ -127,7 +127,7 @@ def test_study_with_sqlite_tracking(tmp_path: Path) -> None:
             assert child.info.status == "FINISHED" and epochs == [1, 2, 3]
             assert client.get_metric_history(child.info.run_id, "train/loss/infonce")
         else:
-            assert child.data.tags["raysl.status"] == "stopped" and child.info.status == "KILLED"
+            assert child.data.tags["raysl.status"] == "stopped" and child.info.status == "FINISHED"
             stopped_at = int(child.data.tags["raysl.stopped_at_epoch"])
             assert epochs == list(range(1, stopped_at + 1)) and stopped_at < EPOCHS
     statuses = [c.data.tags["raysl.status"] for c in children]

@@ -1,0 +1,162 @@
+"""Optuna as the study's searcher: Ray Tune's `OptunaSearch`, told the truth about each trial.
+
+`StudySearch` differs from Ray's `OptunaSearch` in four ways:
+
+- **Every epoch reaches Optuna, the last one included.** Ray's TuneController does not pass
+  the result that stops a trial (ASHA's decision, and the last epoch of a full-budget trial,
+  which ASHA also answers with STOP at `max_t`) to the searcher's `on_trial_result`; it goes to
+  `on_trial_complete` only. That result is reported to the Optuna trial before it is told, so
+  Optuna's last intermediate value is the value MLflow and the leaderboard show.
+- **Trials ASHA stopped before their last epoch are PRUNED, not COMPLETE.** Ray tells a trial's
+  last value as its final one, so TPE would treat a trial stopped at epoch 2 as if its early kNN
+  were what it achieves; as PRUNED (value: its last intermediate value), TPE ranks it below
+  every complete trial and keeps its learning curve.
+- **Intermediate values are stepped by completed epochs** (`result["epoch"]`), the step MLflow
+  uses, rather than Tune's `training_iteration`.
+- **The objective is named** (`Study.set_metric_names`) and each Optuna trial carries user
+  attributes `ray_trial_id` and, once its run exists, `mlflow_run_id`.
+
+The searcher is pickled into Tune's experiment state and restored with it; each instance
+registers itself under its Optuna study name (`SEARCHERS`) when it suggests, so the driver's
+callbacks find the live one after `Tuner.restore`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+from ray.tune.search.optuna import OptunaSearch
+
+logger = logging.getLogger(__name__)
+
+# Optuna study name -> the searcher that is suggesting its trials in this driver.
+SEARCHERS: dict[str, StudySearch] = {}
+
+
+class StudySearch(OptunaSearch):
+    """See the module docstring."""
+
+    def __init__(self, *args: Any, max_epochs: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_epochs = max_epochs
+        self._name_objective()
+
+    def _name_objective(self) -> None:
+        import optuna
+
+        if self._ot_study is None or not isinstance(self.metric, str):
+            return
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._ot_study.set_metric_names([self.metric])
+
+    # ---- what the driver asks -----------------------------------------------------------
+    def number(self, trial_id: str) -> int | None:
+        """The Optuna trial number of Tune trial `trial_id` (None if it did not come from here)."""
+        trial = self._ot_trials.get(trial_id)
+        return None if trial is None else trial.number
+
+    def link(self, trial_id: str, mlflow_run_id: str) -> None:
+        """Store the trial's MLflow run id on its Optuna trial."""
+        trial = self._ot_trials.get(trial_id)
+        if trial is not None and trial_id not in self._completed_trials:
+            trial.set_user_attr("mlflow_run_id", mlflow_run_id)
+
+    # ---- Tune's searcher interface ------------------------------------------------------
+    def suggest(self, trial_id: str) -> dict | None:
+        SEARCHERS[self._study_name] = self  # the live instance, also after Tuner.restore
+        params = super().suggest(trial_id)
+        trial = self._ot_trials.get(trial_id)
+        if trial is not None:
+            trial.set_user_attr("ray_trial_id", trial_id)
+        return params
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        SEARCHERS[self._study_name] = self  # trials restored mid-run start before any suggest
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        self._report(trial_id, result)
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        if not error and result:
+            self._report(trial_id, result)  # the result that stopped it never reached us
+            if _epoch(result, self.max_epochs) < self.max_epochs:
+                import optuna
+
+                try:
+                    self._ot_study.tell(
+                        self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED
+                    )
+                except Exception as exc:  # e.g. told already by a study that resumed
+                    logger.warning("Optuna: %s", exc)
+                self._completed_trials.add(trial_id)
+                return
+        super().on_trial_complete(trial_id, result, error)
+
+    def _report(self, trial_id: str, result: dict) -> None:
+        value = result.get(self.metric) if isinstance(self.metric, str) else None
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return
+        trial = self._ot_trials[trial_id]
+        step = _epoch(result, 0)
+        if step in trial.storage.get_trial(trial._trial_id).intermediate_values:
+            return  # reported by on_trial_result already
+        if math.isfinite(value):
+            trial.report(float(value), step)
+
+
+def _epoch(result: dict, default: int) -> int:
+    return int(result.get("epoch", result.get("training_iteration", default)))
+
+
+def make_searcher(spec: Any, out: Path, study_name: str) -> StudySearch:
+    """TPE (multivariate, grouped, constant liar, seeded) over `spec.sample`, stored in a journal."""
+    import optuna
+
+    sampler = optuna.samplers.TPESampler(
+        seed=spec.tune.seed,
+        multivariate=True,
+        group=True,  # conditional spaces: model each set of co-occurring params jointly
+        constant_liar=True,  # concurrent trials do not all propose the same point
+        n_startup_trials=spec.tune.startup_trials,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return StudySearch(
+            space=spec.sample,
+            metric=spec.tune.metric,
+            mode=spec.tune.mode,
+            sampler=sampler,
+            study_name=study_name,
+            storage=optuna_storage(out),
+            max_epochs=spec.base.epochs,
+        )
+
+
+def optuna_storage(out: Path) -> Any:
+    """The study's Optuna journal (`<out>/optuna.journal`)."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(str(out / "optuna.journal")))
+
+
+def load_optuna_study(out: Path, study_name: str) -> Any:
+    """The Optuna study of `out`, or None if no trial was ever asked for."""
+    import optuna
+
+    try:
+        return optuna.load_study(study_name=study_name, storage=optuna_storage(out))
+    except KeyError:
+        return None
