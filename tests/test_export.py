@@ -10,6 +10,7 @@ weights (the checkpoint is the last epoch's).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -134,9 +135,12 @@ def test_winner_gets_test_evaluation_mlflow_model_and_registry_version(
     parent = client.create_run(experiment, run_name="study").info.run_id
     client.log_metric(parent, "system/cpu_utilization_percentage", 50.0, step=0)  # not the model's
     cfg = trained["cfg"].override({"eval.test": False})  # as a study's trial ran
+    env_before = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
     result = finish_winner(
         client, uri, parent, cfg, trained["checkpoint"], "trial_1", "study", register="digits-enc"
     )
+    # mlflow's set_tracking_uri exports MLFLOW_TRACKING_URI: later commands must not inherit it
+    assert {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")} == env_before
     summary = trained["summary"]
     metrics = MlflowClient(uri).get_run(parent).data.metrics
     for key in ("test/knn_top1", "val/linear_top1", "test/linear_top1"):

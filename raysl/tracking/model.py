@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -168,6 +169,9 @@ def _fluent_uri(uri: str, experiment_id: str | None = None) -> Iterator[None]:
     from mlflow.tracking._tracking_service import utils as tracking
 
     previous = (tracking._tracking_uri, registry._registry_uri, fluent._active_experiment_id)
+    # set_tracking_uri / set_registry_uri also export MLFLOW_*_URI to the environment (so that
+    # subprocesses inherit them): put those back too, or later commands would use this store
+    env = {key: os.environ.get(key) for key in _URI_ENV}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     if experiment_id is not None:
@@ -176,3 +180,11 @@ def _fluent_uri(uri: str, experiment_id: str | None = None) -> Iterator[None]:
         yield
     finally:
         tracking._tracking_uri, registry._registry_uri, fluent._active_experiment_id = previous
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+_URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
