@@ -15,6 +15,10 @@
   uses, rather than Tune's `training_iteration`.
 - **The objective is named** (`Study.set_metric_names`) and each Optuna trial carries user
   attributes `ray_trial_id` and, once its run exists, `mlflow_run_id`.
+- **A trial the journal has finished is never updated again.** A driver killed between telling
+  Optuna and saving Tune's experiment state resumes with that trial still running in Tune's
+  eyes; Tune re-runs it from its checkpoint, and its result, link and tell are then skipped
+  (Optuna raises `UpdateFinishedTrialError` on any write to a finished trial).
 
 The searcher is pickled into Tune's experiment state and restored with it; each instance
 registers itself under its Optuna study name (`SEARCHERS`) when it suggests, so the driver's
@@ -62,9 +66,18 @@ class StudySearch(OptunaSearch):
 
     def link(self, trial_id: str, mlflow_run_id: str) -> None:
         """Store the trial's MLflow run id on its Optuna trial."""
+        if self._open(trial_id):
+            self._ot_trials[trial_id].set_user_attr("mlflow_run_id", mlflow_run_id)
+
+    def _open(self, trial_id: str) -> bool:
+        """Whether Tune trial `trial_id` has an Optuna trial that may still be written to."""
         trial = self._ot_trials.get(trial_id)
-        if trial is not None and trial_id not in self._completed_trials:
-            trial.set_user_attr("mlflow_run_id", mlflow_run_id)
+        if trial is None or trial_id in self._completed_trials:
+            return False
+        if trial.storage.get_trial(trial._trial_id).state.is_finished():
+            self._completed_trials.add(trial_id)  # told before the driver died
+            return False
+        return True
 
     # ---- Tune's searcher interface ------------------------------------------------------
     def suggest(self, trial_id: str) -> dict | None:
@@ -80,14 +93,14 @@ class StudySearch(OptunaSearch):
         SEARCHERS[self._study_name] = self  # trials restored mid-run start before any suggest
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if not self._open(trial_id):
             return
         self._report(trial_id, result)
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if not self._open(trial_id):
             return
         if not error and result:
             self._report(trial_id, result)  # the result that stopped it never reached us
