@@ -9,17 +9,23 @@
 (3) Concurrency 2 (single-worker trials, one CPU each): the study's wall time against the sum
     of its trials' time inside `fit()` (1.0 = no overlap; 0.5 = perfect overlap; on 2 cores the
     trials also share the cores, so each trial's fit is slower than alone).
+(4) PBT (`tune.scheduler.pbt`, asynchronous, interval 1, every trial running at once): the
+    cost of an exploit. Per trial, the driver's time between two consecutive epoch results
+    (MLflow metric timestamps) is a plain epoch, or, where the trial's lineage says it
+    continued from another trial's checkpoint, an exploit: pause, checkpoint copy, trial
+    restart, restore, and one epoch. Overhead = exploit gap - median plain gap.
 
 Every study is a real `raysl tune` study (local Ray, Optuna, MLflow SQLite store in a temp
 directory) on the synthetic source with a small ConvNet, so the fit part is a few seconds.
 
     python benchmarks/bench_tune.py [--trials 4] [--epochs 3] [--skip-train]
-    python benchmarks/bench_tune.py --smoke    # (1) only, 2 trials of 1 epoch (~20 s)
+    python benchmarks/bench_tune.py --smoke    # (1) and (4), tiny (~60 s)
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import tempfile
@@ -105,6 +111,23 @@ def run(directory: Path, space: Path) -> tuple[float, list[dict[str, float]], fl
     return wall, trials, before, after
 
 
+def pbt_gaps(directory: Path, name: str) -> tuple[list[float], list[float]]:
+    """(plain epoch gaps, exploit gaps) in seconds, over the trials of PBT study `name`: the
+    time between two consecutive results of a trial, an exploit where `pbt/exploits` rose."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{directory}/mlflow.db")
+    experiment = client.get_experiment_by_name(name)
+    plain, exploit = [], []
+    for child in client.search_runs([experiment.experiment_id], "tags.`raysl.kind` = 'trial'"):
+        history = client.get_metric_history(child.info.run_id, "pbt/exploits")
+        history.sort(key=lambda m: m.timestamp)
+        for before, after in itertools.pairwise(history):
+            gap = (after.timestamp - before.timestamp) / 1000
+            (exploit if after.value > before.value else plain).append(gap)
+    return plain, exploit
+
+
 def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} s [{min(values):.2f}-{max(values):.2f}]"
 
@@ -130,14 +153,32 @@ def main() -> None:
     ]  # fmt: skip
     if args.skip_train:
         cases.pop(1)
+    pbt = {
+        "pbt": {
+            "interval": 1,
+            "quantile": 0.25,
+            "synch": False,
+            "mutate": ["optim.lr", "loss.infonce.temperature"],
+        }
+    }
+    cases.append(
+        (
+            "(4) PBT, 4 trials at once, interval 1",
+            "bench_pbt",
+            4,
+            {"scheduler": pbt, "max_concurrent": 4, "resources": {"cpu": 0.5}},
+        )
+    )
     if args.smoke:
-        cases = cases[:1]
+        cases = [cases[0], cases[-1]]
     lines = []
     for title, name, trials, tune in cases:
         with tempfile.TemporaryDirectory(prefix="raysl-bench-tune-") as tmp:
             directory = Path(tmp)
-            space = write_space(directory, name, trials, args.epochs, **tune)
+            epochs = max(3, args.epochs) if name == "bench_pbt" else args.epochs  # exploits
+            space = write_space(directory, name, trials, epochs, **tune)
             wall, rows, before, after = run(directory, space)
+            gaps = pbt_gaps(directory, name) if name == "bench_pbt" else None
         fit_sum = sum(r["fit"] for r in rows)
         lines.append(
             f"{title}: {len(rows)} trials, study wall {wall:.1f} s\n"
@@ -148,6 +189,22 @@ def main() -> None:
             f"    fixed: {before:.1f} s before the first trial (Ray start, MLflow, Optuna), "
             f"{after:.1f} s after the last (plots, artifacts, Ray shutdown)"
         )
+        if gaps is not None:
+            plain, exploit = gaps
+            if exploit and plain:
+                base = statistics.median(plain)
+                lines[-1] += (
+                    f"\n    PBT: {len(exploit)} exploits; plain epoch gap {spread(plain)}, "
+                    f"exploit gap {spread(exploit)}: exploit / plain = "
+                    f"{statistics.median(exploit) / base:.2f}, overhead "
+                    f"{statistics.median(exploit) - base:.2f} s per exploit"
+                )
+            else:
+                lines[-1] += f"\n    PBT: {len(exploit)} exploits, {len(plain)} plain epochs"
+            lines[-1] += (
+                "\n    (a PBT trial's 'inside fit()' is its last segment's: fit restarts at each "
+                "exploit, so its 'overhead' above counts the earlier segments)"
+            )
         print(lines[-1], flush=True)
     print("\nsummary")
     print("\n".join(lines))

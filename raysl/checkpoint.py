@@ -19,6 +19,7 @@ import re
 import shutil
 import uuid
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -219,15 +220,20 @@ RESUMABLE = (
 
 
 def check_resumable(
-    saved: dict[str, Any], current: dict[str, Any], defaults: dict[str, Any] | None = None
+    saved: dict[str, Any],
+    current: dict[str, Any],
+    defaults: dict[str, Any] | None = None,
+    mutable: Iterable[str] = (),
 ) -> None:
     """Refuse to resume a checkpoint under a config that changes what is being trained.
 
     `saved` is the flat config stored in the checkpoint (or its meta.json, where tuples are
     lists): values are compared as JSON. A key the saved config lacks (a checkpoint made
     before the key existed) is unchanged when its current value is its default (`defaults`,
-    default `raysl.config.config_defaults()`).
+    default `raysl.config.config_defaults()`). Keys in `mutable` may differ (PBT continues
+    another trial's checkpoint with those values changed; `raysl.mutable`).
     """
+    mutable = set(mutable)
     if defaults is None:
         from raysl.config import config_defaults
 
@@ -238,6 +244,7 @@ def check_resumable(
         for key in set(saved) | set(current)
         if saved.get(key) != current.get(key)
         and not key.startswith(RESUMABLE)
+        and key not in mutable
         and not (key not in saved and key in defaults and current.get(key) == defaults[key])
     )
     if changed:

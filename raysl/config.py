@@ -22,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     create_model,
     field_validator,
     model_validator,
@@ -29,10 +30,12 @@ from pydantic import (
 
 from raysl.config_checks import (
     a_fraction,
+    a_path,
     no_bool,
     one_k_or_a_list,
     problem,
     ramp_in_order,
+    run_problems,
     some_weight,
 )
 from raysl.errors import ConfigError
@@ -46,7 +49,8 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 Probability = Annotated[float, Field(ge=0, le=1)]
 MAX_SIDE = 1024  # pixels: image sides above it exhaust memory long before they train
-ImageSide = Annotated[int, Field(gt=0, le=MAX_SIDE)]
+MIN_SIDE = 8  # pixels: the smallest source (digits) is 8x8; a 1-pixel side fails in the crop
+ImageSide = Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE)]
 
 SOURCES = (
     "synthetic",
@@ -99,6 +103,11 @@ class DataConfig(_Strict):
     @classmethod
     def _a_fraction(cls, value: Any) -> Any:
         return a_fraction(value)
+
+    @field_validator("root")
+    @classmethod
+    def _a_path(cls, value: str | None) -> str | None:
+        return a_path(value)
 
 
 class AugmentConfig(_Strict):
@@ -225,7 +234,8 @@ LossConfig: type[BaseModel] = create_model(  # type: ignore[call-overload]
 
 
 class Config(_Strict):
-    seed: int = 0
+    # numpy, torch and Python take seeds in [0, 2^64): anything else fails when the run starts
+    seed: Annotated[int, Field(ge=0, lt=2**64)] = 0
     epochs: PositiveInt = 10
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA
@@ -238,11 +248,21 @@ class Config(_Strict):
     optim: OptimConfig = OptimConfig()
     eval: EvalConfig = EvalConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+    # mutable key -> [[epoch, value], ...], piecewise constant from each epoch on (`raysl.mutable`)
+    schedule: dict[str, list[tuple[int, Any]]] = {}
+
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _a_schedule(cls, value: Any, info: ValidationInfo) -> Any:
+        from raysl.mutable import check_schedule
+
+        return check_schedule(value, info.data, cls)
 
     # ---- dotted keys --------------------------------------------------------------------
     def to_flat(self) -> dict[str, Any]:
         """`{"optim.lr": 0.3, "loss.infonce.temperature": 0.2, ...}`; absent terms and None left out."""
-        return {k: v for k, v in flatten(self.model_dump(exclude_none=True)).items()}
+        flat = flatten(self.model_dump(exclude_none=True))
+        return {k: v for k, v in flat.items() if k != "schedule"}  # an empty schedule: none
 
     @classmethod
     def from_flat(cls, flat: Mapping[str, Any], where: str = "--set") -> Config:
@@ -268,10 +288,13 @@ def validate(
 ) -> Config:
     """Validate a nested config dict; every error names the dotted key, `where` and the line."""
     try:
-        return Config.model_validate(dict(raw))
+        cfg = Config.model_validate(dict(raw))
     except ValidationError as exc:
         problems = [problem(error, where, lines or {}, prefix, Config) for error in exc.errors()]
         raise ConfigError(problems) from None
+    if problems := run_problems(cfg, where, lines, prefix):  # terms that cannot learn here
+        raise ConfigError(problems)
+    return cfg
 
 
 def config_defaults() -> dict[str, Any]:

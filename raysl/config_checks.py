@@ -1,8 +1,9 @@
 """The checks behind `raysl.config` and the one-line messages its errors become.
 
 Validators (attached to the config models in `raysl.config`): no bool where a number is meant,
-a fraction in (0, 1], `eval.knn_k` as one k or a list, a term's ramp in order, at least one
-loss term with a weight. `problem` turns one pydantic error into a `Problem` that names the
+a fraction in (0, 1], a `data.root` the filesystem can hold, `eval.knn_k` as one k or a list, a
+term's ramp in order, at least one loss term with a weight; and `run_problems`, what the active
+loss terms need from the rest of the config (views, bank sizes, stages), run by `validate`. `problem` turns one pydantic error into a `Problem` that names the
 dotted key, the file and its line, and for an unknown key the closest allowed one.
 """
 
@@ -44,6 +45,27 @@ def a_fraction(value: Any) -> float:
             f"e.g. 0.1 (got {shorten(value)})"
         )
     return float(value)
+
+
+PATH_MAX, NAME_MAX = 4096, 255  # bytes: Linux's limits on a path and on one of its names
+
+
+def a_path(value: str | None) -> str | None:
+    """`data.root`: a path the filesystem can open (refused here, not as `File name too long`
+    once the data loads)."""
+    if value is None:
+        return None
+    data = value.encode("utf-8", "surrogateescape")
+    if not value.strip() or "\0" in value:
+        raise ValueError(f"must be a directory path (got {shorten(value)})")
+    longest = max(len(part.encode("utf-8", "surrogateescape")) for part in value.split("/"))
+    if len(data) > PATH_MAX or longest > NAME_MAX:
+        raise ValueError(
+            f"is {len(data):,} bytes with a name of {longest:,}; a path holds at most "
+            f"{PATH_MAX:,} bytes and each name {NAME_MAX}, so no file can be there; give the "
+            f"data directory (got {shorten(value, 60)})"
+        )
+    return value
 
 
 def one_k_or_a_list(value: Any) -> int | list[int]:
@@ -148,3 +170,35 @@ def allowed_keys(root: type[BaseModel], parent: str) -> list[str]:
         if model is None:
             return []
     return list(model.model_fields)
+
+
+# ---- checks across sections: what the loss terms need from the run -------------------------
+# Stages of each backbone (`raysl.models.backbones`: the ConvNet's 4 widths, ResNets' layer1-4);
+# tests/test_hostile_input_more.py checks them against the built backbones.
+BACKBONE_STAGES = {"convnet": 4, "resnet18": 4, "resnet34": 4, "resnet50": 4}
+
+
+def run_problems(
+    cfg: Any, where: str = "", lines: Mapping[str, int] | None = None, prefix: str = ""
+) -> list[Problem]:
+    """A problem for each active loss term that cannot learn with the rest of `cfg` (a
+    `raysl.config.Config`): too few views, a k larger than its bank, an exit after the last
+    stage, an empty quantile band; each term declares its needs (`LossTerm.run_problems`).
+    Each names its dotted key, `where` and the line in `lines` (keys under `prefix`)."""
+    from raysl.losses import LOSSES
+    from raysl.losses.base import RunShape
+
+    run = RunShape(
+        views=cfg.augment.views,
+        batch_size=cfg.data.batch_size,
+        epochs=cfg.epochs,
+        stages=BACKBONE_STAGES.get(cfg.model.backbone, 4),
+    )
+    found: list[tuple[str, str]] = []
+    for name, args in cfg.active_terms().items():
+        if args.get("weight", 0) > 0 or (args.get("ramp_from") or 0) > 0:
+            found += LOSSES[name].run_problems(name, args, run)
+    return [
+        Problem(message, key=key, where=where, line=_line_of(prefix + key, lines or {}))
+        for key, message in found
+    ]

@@ -138,6 +138,10 @@ class ConsoleReporter(Reporter):
 
     def fail(self, error: BaseException) -> None:
         self._stop_bar()
-        if isinstance(error, (KeyboardInterrupt, ConfigError, NonFiniteLossError)):
+        from raysl.outputs import disk_full
+
+        if isinstance(error, (KeyboardInterrupt, ConfigError, NonFiniteLossError)) or disk_full(
+            error
+        ):
             return  # the command line prints these itself, once
         self.console.print(f"[bold red]failed:[/] {type(error).__name__}: {error}")

@@ -36,7 +36,7 @@ class Problem:
     line: int | None = None
 
     def __str__(self) -> str:
-        place = self.where + (f":{self.line}" if self.line else "")
+        place = cut(self.where, 200) + (f":{self.line}" if self.line else "")  # a pasted path
         head = ": ".join(part for part in (place, self.key) if part)
         message = self.message
         if len(message) > _LONGEST:

@@ -126,6 +126,26 @@ def load_run_file(path: str | Path, overrides: Mapping[str, Any] | None = None) 
     )
 
 
+def run_file_text(name: str, description: str, config: Mapping[str, Any]) -> str:
+    """A run file (YAML) for `config` (dotted or nested): nested sections, and `schedule:`
+    keyed by dotted keys as a person writes it."""
+    import json
+
+    import yaml
+
+    from raysl.yamlio import flatten, unflatten
+
+    flat = json.loads(json.dumps(flatten(config), default=str))  # tuples -> lists
+    schedule = {
+        k.removeprefix("schedule."): v for k, v in flat.items() if k.startswith("schedule.")
+    }
+    nested = unflatten({k: v for k, v in flat.items() if not k.startswith("schedule")})
+    if schedule:
+        nested["schedule"] = schedule
+    doc = {"name": name, "description": description, "config": nested}
+    return yaml.safe_dump(doc, sort_keys=False, width=100)
+
+
 def _bad_name(name: str) -> str:
     """Why `name` cannot name a run directory under runs/, or ""."""
     if len(name) > 128:

@@ -19,6 +19,18 @@ class Runtime:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     rank: int = 0
     world_size: int = 1
+    # devices this process holds, for `cost/device_hours`: GPUs (a fraction where trials
+    # share one, e.g. a Tune trial's reservation), else CPU cores; None: 1 GPU on cuda, else
+    # torch's intra-op threads (which Ray sets to the CPUs a worker reserves)
+    devices: float | None = None
+
+    def devices_held(self) -> float:
+        """Devices the whole run holds, every rank together (see `devices`)."""
+        if self.devices is not None:
+            own = float(self.devices)
+        else:
+            own = 1.0 if self.device.type == "cuda" else float(torch.get_num_threads())
+        return own * self.world_size
 
     @classmethod
     def from_env(cls, device: str = "auto") -> Runtime:

@@ -44,6 +44,8 @@ class _Row:
     last: float | None = None
     best: float | None = None
     note: str = ""
+    baseline: bool = False  # the trial that runs the base config
+    label: str = ""  # instead of the Optuna number (a finalist: `#3 s1`)
 
 
 @dataclass
@@ -60,6 +62,7 @@ class StudyTable:
     console: Console = field(default_factory=lambda: wide_console())
     live: bool | None = None
     rows: dict[str, _Row] = field(default_factory=dict)
+    objectives: tuple[str, ...] = ()  # every metric of a multi-objective study
 
     def __post_init__(self) -> None:
         self.live = self.console.is_terminal if self.live is None else self.live
@@ -69,9 +72,12 @@ class StudyTable:
 
     def start(self, note: str = "") -> None:
         goal = "maximising" if self.mode == "max" else "minimising"
+        goal = f"{goal} {self.metric}"
+        if len(self.objectives) > 1:
+            goal = f"searching the Pareto front of {', '.join(self.objectives)}"
         self.console.print(
             f"[bold]{self.name}[/]: {self.num_samples} trials of up to {self.epochs} epochs"
-            f"{note}, {goal} {self.metric}",
+            f"{note}, {goal}",
             soft_wrap=False,  # wrapped at words on a narrow terminal
         )
 
@@ -88,12 +94,29 @@ class StudyTable:
             self._live.start()
 
     def trial_started(
-        self, trial_id: str, searched: Mapping[str, Any], number: int | None = None
+        self,
+        trial_id: str,
+        searched: Mapping[str, Any],
+        number: int | None = None,
+        baseline: bool = False,
+        label: str = "",
     ) -> None:
         row = self.rows.setdefault(trial_id, _Row(trial_id, dict(searched)))
         row.status = "running"
         row.number = number if number is not None else row.number
+        row.baseline, row.label = row.baseline or baseline, label or row.label
         self._start_live()
+        self._refresh()
+
+    def label(self, trial_id: str) -> str:
+        """`#3` (the Optuna number), or the Tune trial id."""
+        row = self.rows.get(trial_id)
+        return _label(row) if row else trial_id
+
+    def trial_exploited(self, trial_id: str, searched: Mapping[str, Any], note: str) -> None:
+        """PBT: the trial continues another's checkpoint with these values."""
+        self.rows.setdefault(trial_id, _Row(trial_id, {})).searched = dict(searched)
+        self.note(note)
         self._refresh()
 
     def trial_result(self, trial_id: str, epoch: int, value: float | None) -> None:
@@ -146,6 +169,7 @@ class StudyTable:
                     searched,
                     title=f"leaderboard: {self.name} (the study took {minutes:.1f} min)",
                     width=self.console.width,
+                    objectives=self.objectives,
                 )
             )
         for line in footer:
@@ -182,7 +206,10 @@ class StudyTable:
 
 
 def _label(row: _Row) -> str:
-    return f"#{row.number}" if row.number is not None else row.trial_id
+    if row.label:
+        return row.label
+    text = f"#{row.number}" if row.number is not None else row.trial_id
+    return text + (" base" if row.baseline else "")
 
 
 def _params(searched: Mapping[str, Any]) -> str:
@@ -198,6 +225,7 @@ def leaderboard_table(
     title: str = "leaderboard",
     width: int | None = None,
     top: int | None = 10,
+    objectives: Sequence[str] = (),
 ) -> Table:
     """The leaderboard (`raysl.tracking.board.columns`) of `rank_trials` rows, the first `top`.
 
@@ -207,11 +235,17 @@ def leaderboard_table(
     from raysl.tracking.board import columns
 
     shown = list(searched)
+    listed = rows[:top] if top else rows
     while True:
-        table = _board(rows[:top] if top else rows, metric, columns(metric, shown), title)
+        table = _board(listed, metric, columns(metric, shown, listed, objectives), title)
         left_out = [k for k in searched if k not in shown]
+        notes = (
+            ["base: the baseline (the base config)"] if any(r.get("baseline") for r in rows) else []
+        )
         if left_out:
-            table.caption = f"not shown (narrow terminal): {', '.join(left_out)}"
+            notes.append(f"not shown (narrow terminal): {', '.join(left_out)}")
+        if notes:
+            table.caption = "; ".join(notes)
         if width is None or not shown or _min_width(table) <= width:
             return table
         shown.pop()

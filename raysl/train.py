@@ -17,7 +17,7 @@ states, `STATE_KEYS`) and loading it back is `raysl.train_state`.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +36,16 @@ from raysl.models import build_model, convert_sync_batchnorm
 from raysl.optim import build_optimizer
 from raysl.reporting import Reporter, RunInfo
 from raysl.runtime import Runtime
-from raysl.schedules import ema_momentum, warmup_cosine
-from raysl.train_state import STATE_KEYS, load_modules, rng_state, seed_everything, set_rng_state
+from raysl.train_state import (
+    STATE_KEYS,
+    encoder_info,
+    load_modules,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 from raysl.train_step import check_finite, train_step
+from raysl.train_values import Values, apply, curves, kept_terms
 
 
 def fit(
@@ -49,6 +56,7 @@ def fit(
     resume_from: str | Path | Mapping[str, Any] | None = None,
     name: str = "run",
     feed: DataFeed | None = None,
+    mutable: Iterable[str] = (),
 ) -> dict[str, float]:
     """Pretrain with `cfg`; returns the final metrics (last epoch + final evaluation).
 
@@ -59,6 +67,9 @@ def fit(
         resume_from: a checkpoint directory to continue from, or the state already loaded
             from one (`load_checkpoint(path, require=STATE_KEYS)`).
         feed: where batches come from; default: `cfg.data` loaded into memory.
+        mutable: keys whose values may differ from those of the checkpoint resumed (PBT's
+            `mutate`; `raysl.mutable`); they are tracked in the run's lineage
+            (`raysl.train_values`), as `schedule:` keys are.
 
     Raises:
         NonFiniteLossError: the loss became NaN/inf; the reporter's `fail` saw it first.
@@ -69,7 +80,8 @@ def fit(
     started = time.perf_counter()
     try:
         feed = feed or in_memory_feed(cfg.data, cfg.seed, rt)
-        run = _Run(cfg, rt, name, Path(checkpoint_dir) if checkpoint_dir else None, feed)
+        out = Path(checkpoint_dir) if checkpoint_dir else None
+        run = _Run(cfg, rt, name, out, feed, mutable)
         run.started = started
         if resume_from is not None:
             state = resume_from
@@ -82,30 +94,20 @@ def fit(
         raise
 
 
-def evaluate_checkpoint(
-    cfg: Config,
-    checkpoint: str | Path | Mapping[str, Any],
-    runtime: Runtime | None = None,
-    feed: DataFeed | None = None,
-) -> dict[str, float]:
-    """The final evaluation (`Evaluator.final`: test kNN, linear probe per `cfg.eval`) of a
-    checkpoint of `cfg`'s run; the data is loaded as for training (or `feed`), nothing trained."""
-    rt = runtime or Runtime(torch.device("cpu"))
-    run = _Run(cfg, rt, "eval", None, feed or in_memory_feed(cfg.data, cfg.seed, rt))
-    state = checkpoint
-    if not isinstance(state, Mapping):
-        state = load_checkpoint(checkpoint, require=STATE_KEYS)
-    run.restore(state)
-    return run.evaluator.final(run.model.backbone)
-
-
 class _Run:
     """Everything one `fit()` call builds, and the epoch loop over it."""
 
     def __init__(
-        self, cfg: Config, rt: Runtime, name: str, checkpoint_dir: Path | None, feed: DataFeed
+        self,
+        cfg: Config,
+        rt: Runtime,
+        name: str,
+        checkpoint_dir: Path | None,
+        feed: DataFeed,
+        mutable: Iterable[str] = (),
     ) -> None:
         self.cfg, self.rt, self.name, self.checkpoint_dir = cfg, rt, name, checkpoint_dir
+        self.values, self.cfg_now = Values(cfg, mutable), cfg  # what is in force (schedule, PBT)
         seed_everything(cfg.seed)
         self.splits = splits = feed.splits
         self.batches = feed.train
@@ -116,6 +118,7 @@ class _Run:
         self.augment = Augment(cfg.augment, channels, height, splits.mean, splits.std)
         self.criterion = build_criterion(
             cfg.active_terms(),
+            keep=kept_terms(cfg, self.values.keys),
             dim=cfg.model.proj_dim,
             num_classes=splits.num_classes,
             num_samples=feed.num_samples,
@@ -157,18 +160,7 @@ class _Run:
         self.optimizer = build_optimizer(
             cfg.optim, [self.model.online, self.criterion], cfg.data.batch_size
         )
-        steps_per_epoch = self.batches.steps_per_epoch
-        total = cfg.epochs * steps_per_epoch
-        self.lr = warmup_cosine(
-            self.optimizer.param_groups[0]["lr"],
-            total,
-            round(cfg.optim.warmup_epochs * steps_per_epoch),
-            cfg.optim.min_lr_ratio,
-            cosine=cfg.optim.schedule == "cosine",
-        )
-        self.ema = ema_momentum(
-            cfg.model.ema_momentum, total, cosine=cfg.model.ema_schedule == "cosine"
-        )
+        self.lr, self.ema = curves(cfg, self.batches.steps_per_epoch)  # (steps,) each
         self.epoch, self.step, self.history = 0, 0, []
 
     # ---- state ------------------------------------------------------------------------------
@@ -181,6 +173,8 @@ class _Run:
             "criterion": self.criterion.state_dict(),
             "history": self.history,
             "config": self.cfg.to_flat(),
+            "run": self.name,
+            "lineage": self.values.lineage,
             "encoder": self.encoder_info(),  # what `raysl export` needs without the data
             # tensors and plain data only: the file must load with torch.load(weights_only=True)
             "rng": rng_state(self.cuda),
@@ -188,21 +182,14 @@ class _Run:
 
     def encoder_info(self) -> dict[str, Any]:
         """The backbone's input: channels, side, the eval view's size and normalisation."""
-        _, channels, height, _ = self.splits.train.images.shape
-        return {
-            "channels": int(channels),
-            "image_size": int(height),
-            "size": int(self.augment.out_size),
-            "mean": [float(v) for v in self.splits.mean],
-            "std": [float(v) for v in self.splits.std],
-            "source": self.splits.name,
-        }
+        return encoder_info(self.splits, self.augment)
 
     def restore(self, state: Mapping[str, Any]) -> None:
         """Continue from a checkpoint's state; refused (ConfigError) before anything changes
         when the config differs or the state does not fit this model."""
-        check_resumable(state["config"], self.cfg.to_flat())
+        check_resumable(state["config"], self.cfg.to_flat(), mutable=self.values.mutable)
         load_modules(state, self.model, self.optimizer, self.criterion)
+        self.values.restored(state, self.name)
         self.epoch, self.step, self.history = state["epoch"], state["step"], list(state["history"])
         set_rng_state(state["rng"], self.cuda)
 
@@ -229,7 +216,10 @@ class _Run:
             )
         )
         while self.epoch < cfg.epochs:
+            apply(self, self.values.due(self.epoch))  # `schedule:` values from this epoch on
+            self.values.record(self.epoch, self.name)
             metrics = self.train_epoch(reporter)
+            metrics.update(self.values.metrics())
             last = self.epoch == cfg.epochs
             if last or self.epoch % cfg.eval.every == 0:
                 metrics.update(self.evaluator.knn(self.model.backbone, self.splits.val, "val"))
@@ -245,10 +235,19 @@ class _Run:
                     self.epoch,
                     self.state(),
                     cfg.checkpoint.keep,
-                    {"metrics": metrics, "config": cfg.to_flat()},
+                    {
+                        "metrics": metrics,
+                        "config": cfg.to_flat(),
+                        "run": self.name,
+                        "lineage": self.values.lineage,
+                        "history": self.history,
+                        "threads": torch.get_num_threads(),  # what a bit-exact replay needs
+                    },
                 )
             # seconds inside fit() so far (data, setup, epochs, evaluation, checkpoints)
             metrics["time/elapsed"] = time.perf_counter() - self.started
+            # what it cost so far: those seconds x devices held (GPUs, else CPU cores) / 3600
+            metrics["cost/device_hours"] = metrics["time/elapsed"] * self.rt.devices_held() / 3600
             reporter.epoch(metrics, checkpoint)
         summary = {
             **(self.history[-1] if self.history else {}),

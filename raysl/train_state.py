@@ -83,3 +83,17 @@ def _set_numpy_rng_state(state: Any) -> None:
         keys = state["keys"].numpy().astype(np.uint32)
         state = (state["name"], keys, state["pos"], state["has_gauss"], state["cached_gaussian"])
     np.random.set_state(state)
+
+
+def encoder_info(splits: Any, augment: Any) -> dict[str, Any]:
+    """What `raysl export` needs of a run without its data: the backbone's input channels and
+    side, the eval view's size and normalisation, the source."""
+    _, channels, height, _ = splits.train.images.shape
+    return {
+        "channels": int(channels),
+        "image_size": int(height),
+        "size": int(augment.out_size),
+        "mean": [float(v) for v in splits.mean],
+        "std": [float(v) for v in splits.std],
+        "source": splits.name,
+    }

@@ -156,8 +156,9 @@ def _check_graph(root: yaml.Node, where: str) -> None:
         if count > MAX_VALUES:
             raise ConfigError(
                 Problem(
-                    f"the aliases (*name) expand to more than {MAX_VALUES:,} values; "
-                    "write the values out or use fewer aliases",
+                    f"the file's keys and values expand to more than {MAX_VALUES:,} values "
+                    "(aliases *name counted each time they are used; a run file has a few "
+                    "hundred); is it the right file? write the values out or use fewer aliases",
                     where=where,
                 )
             )

@@ -88,12 +88,12 @@ def run_distributed(fn: Callable[..., Any], world: int, *args: Any) -> list[Any]
 
 
 def run_cli(
-    *args: str, cwd: Path | None = None, timeout: float = 600
+    *args: str, cwd: Path | None = None, timeout: float = 600, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:  # noqa: F821
-    """Run `python -m raysl ARGS` as a user would; returns the completed process."""
+    """Run `python -m raysl ARGS` as a user would (`env` added to the environment)."""
     import subprocess
 
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "raysl", *args],
         cwd=cwd,

@@ -75,7 +75,7 @@ MALFORMED = {
         S,
         "  scheduler: {hyperband: {max_t: 9}}",
         {},
-        ["unknown scheduler 'hyperband'", "asha, none"],
+        ["unknown scheduler 'hyperband'", "asha, pbt, none"],
         "hyperband",
     ),
     "not a config key": (
@@ -498,7 +498,7 @@ def run_study(spec, seed: int, trials: int = 40) -> optuna.Study:
 
 
 def test_tpe_samples_within_bounds_and_conditionals_only_when_they_hold(tmp_path: Path) -> None:
-    spec = load_search_spec(write(tmp_path, SAMPLED))
+    spec = load_search_spec(write(tmp_path, SAMPLED, TUNE + "\n  baseline: false"))
     study = run_study(spec, seed=0)
     on = off = 0
     for trial in study.trials:
@@ -529,7 +529,7 @@ def test_tpe_samples_within_bounds_and_conditionals_only_when_they_hold(tmp_path
 
 
 def test_sampling_is_deterministic_by_seed(tmp_path: Path) -> None:
-    spec = load_search_spec(write(tmp_path, SAMPLED))
+    spec = load_search_spec(write(tmp_path, SAMPLED, TUNE + "\n  baseline: false"))
     a, b, c = (run_study(spec, seed, trials=12) for seed in (0, 0, 1))
     assert [t.params for t in a.trials] == [t.params for t in b.trials]
     assert [t.params for t in a.trials] != [t.params for t in c.trials]

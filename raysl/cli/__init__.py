@@ -97,21 +97,37 @@ def cli() -> None:
     """
 
 
+MAX_PROBLEMS = 20  # problems printed; a file of 40,000 unknown keys is not 40,000 lines
+
+
+def problems_text(error: ConfigError) -> str:
+    """`error: <the problem>`, or a count, the first `MAX_PROBLEMS` and how many more."""
+    problems = error.problems
+    if len(problems) == 1:
+        return f"error: {problems[0]}"
+    lines = [f"error: {len(problems):,} problems", *map(str, problems[:MAX_PROBLEMS])]
+    if len(problems) > MAX_PROBLEMS:
+        lines.append(f"… and {len(problems) - MAX_PROBLEMS:,} more problems")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: bad input (config, paths) exits with status 2 and one clear message."""
     try:
         cli.main(args=argv, prog_name="raysl", standalone_mode=False)
     except ConfigError as exc:
-        click.echo(
-            f"error: {exc}"
-            if len(exc.problems) == 1
-            else f"error: {len(exc.problems)} problems\n{exc}",
-            err=True,
-        )
+        click.echo(problems_text(exc), err=True)
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        exc.show()  # `raysl train` alone: its help
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:  # one line, as every refusal: what is wrong, where help is
+        command = exc.ctx.command_path if exc.ctx is not None else "raysl"
+        click.echo(f"error: {exc.format_message()} (see {command} --help)", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

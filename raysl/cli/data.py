@@ -116,8 +116,10 @@ def export(
     index; read them back with data.source=parquet and data.root=OUT_DIR.
     """
     from raysl.data import export_parquet
+    from raysl.outputs import check_output_dir
 
     cfg = data_config(source, root, sets)
+    check_output_dir(out_dir, "OUT_DIR")  # before any image is loaded or shard written
     start = time.perf_counter()
 
     def report(path: Path, rows: int) -> None:

@@ -67,6 +67,9 @@ def doctor(
     lines = [f"{error}" for error in errors]
     summary = f"{cluster_file} passes Ray's schema and raysl's checks"
     if address:
+        from raysl.launch.address import check_address
+
+        check_address(address)  # a few seconds, not Ray's minutes of retries against nothing
         from raysl.launch.doctor import check_cluster_nodes
         from raysl.launch.session import ray_session
 

@@ -50,7 +50,8 @@ def export(source: str, out: Path, tracking_uri: str | None) -> None:
                     key="RUN_OR_CHECKPOINT",
                 )
             )
-        encoder, meta = encoder_from_state(load_checkpoint(path))
+        # a state without these (`{}`, another program's file) is named, not a KeyError
+        encoder, meta = encoder_from_state(load_checkpoint(path, require=("config", "model")))
         meta["from"] = where
         write_export(encoder, meta, out)
     click.echo(

@@ -126,9 +126,17 @@ def train(
         )
     out = out or Path("runs") / run_file.name
     on_ray = workers is not None
+    from raysl.outputs import check_output_dir, check_storage
+
+    check_output_dir(out, "--out")  # a file in the way, no permission: before anything starts
     if on_ray:
         storage = storage or str(out.resolve().parent)
         name = out.name
+        check_storage(storage)
+        if address:
+            from raysl.launch.address import check_address
+
+            check_address(address)  # a few seconds, not Ray's endless retries
         existing = _storage_checkpoints(storage, name)
     else:
         from raysl.checkpoint import latest_checkpoint
@@ -189,6 +197,14 @@ def train(
     except NonFiniteLossError as exc:
         if runtime.rank == 0:
             click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except Exception as exc:
+        from raysl.outputs import disk_full, disk_full_line
+
+        if not disk_full(exc):
+            raise
+        if runtime.rank == 0:
+            click.echo(f"error: {disk_full_line(exc, config_file, out)}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         if runtime.rank == 0:

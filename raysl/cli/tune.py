@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import shlex
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import click
 
-from raysl.errors import ConfigError, Problem
+from raysl.errors import ConfigError, Problem, cut
 from raysl.runfile import parse_overrides
+from raysl.yamlio import read_text
 
 _SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -86,6 +90,9 @@ def tune(
             )
         )
     out = out or Path("runs") / spec.name
+    again = _resume_command(
+        space_file, out, num_samples, overrides, storage, tracking_uri, address, quiet
+    )
     storage = storage or str(out.resolve().parent)
     if not resume and (out / "study.json").exists():
         raise ConfigError(
@@ -102,10 +109,24 @@ def tune(
                 key="--resume",
             )
         )
+    if resume:
+        check_study_state(out / "study.json")
 
+    from raysl.outputs import check_output_dir, check_storage
     from raysl.tracking import resolve_tracking_uri
+    from raysl.tracking.store import sqlite_path
 
     tracking_uri = resolve_tracking_uri(tracking_uri)
+    check_output_dir(out, "--out")  # all before Ray, MLflow or any file starts
+    check_storage(storage)
+    db = sqlite_path(tracking_uri)
+    if db is not None and not db.exists():
+        check_output_dir(db.parent, "--tracking-uri")
+    if address:
+        from raysl.launch.address import check_address
+
+        check_address(address)
+    started = time.time()
     created = not out.exists()
     # the topmost directory this command creates (runs/ too on a first study): removed on refusal
     top = next((p for p in reversed([out, *out.parents]) if not p.exists()), out)
@@ -129,15 +150,92 @@ def tune(
             shutil.rmtree(top, ignore_errors=True)
         raise
     except KeyboardInterrupt:
-        click.echo(
-            f"\ninterrupted; continue with: raysl tune {space_file} --out {out} --resume", err=True
-        )
+        if not (out / "study.json").is_file():  # before the study began: nothing to resume
+            if created:
+                shutil.rmtree(top, ignore_errors=True)
+            click.echo("\ninterrupted before the study started; nothing was kept", err=True)
+        else:
+            click.echo(
+                f"\ninterrupted; continue with: {again}{_finished(out, started, spec.tune.num_samples)}",
+                err=True,
+            )
         sys.exit(130)
     if result["best"] is None:
         click.echo(
             "error: no trial finished an epoch; see the log: " + str(out / "raysl.log"), err=True
         )
         sys.exit(1)
+
+
+def check_study_state(path: Path) -> None:
+    """Refuse a `study.json` that is not the state `run_study` writes (corrupt, or another
+    shape), before `--resume` starts anything."""
+    fix = "restore it from a copy, or start the study again without --resume in another --out"
+    try:
+        state = json.loads(read_text(path, limit=1 << 20))
+    except ConfigError as error:
+        raise ConfigError(Problem(f"{error.problems[0].message}; {fix}", where=str(path))) from None
+    except ValueError as error:
+        raise ConfigError(
+            Problem(f"corrupt study state (not JSON: {cut(str(error))}); {fix}", where=str(path))
+        ) from None
+    if not isinstance(state, dict):
+        kind = {list: "a list", str: "a string", type(None): "null"}.get(type(state), "a number")
+        raise ConfigError(
+            Problem(
+                f"not a raysl study state (it holds {kind}, not an object); {fix}", where=str(path)
+            )
+        )
+    if (
+        not isinstance(state.get("optuna_study"), str)
+        or not state["optuna_study"]
+        or not isinstance(state.get("parent_run_id", ""), str)
+    ):
+        raise ConfigError(
+            Problem(
+                "not a raysl study state (optuna_study must be a non-empty string and "
+                f"parent_run_id a string); {fix}",
+                where=str(path),
+            )
+        )
+
+
+def _resume_command(
+    space: Path, out: Path, num_samples, overrides, storage, tracking_uri, address, quiet
+) -> str:
+    """The command that continues this study: this one's own options, with --resume."""
+    args = ["raysl", "tune", str(space), "--out", str(out), "--resume"]
+    if num_samples is not None:
+        args += ["--num-samples", str(num_samples)]
+    for item in overrides:
+        args += ["--set", item]
+    for flag, value in (
+        ("--storage", storage),
+        ("--tracking-uri", tracking_uri),
+        ("--address", address),
+    ):
+        if value:
+            args += [flag, value]
+    if quiet:
+        args.append("-q")
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def _finished(out: Path, since: float, total: int) -> str:
+    """How many of the `total` trials finished, from the leaderboard the study wrote as it
+    ended (written after `since`); "" when it wrote none."""
+    path = out / "leaderboard.json"
+    try:
+        if path.stat().st_mtime < since:
+            return ""
+        rows = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return ""
+    done = sum(1 for row in rows if row.get("status") in ("completed", "stopped", "failed"))
+    return (
+        f"  ({done} of {total} trials finished; the study's MLflow run is tagged "
+        "raysl.status=interrupted)"
+    )
 
 
 def _log_to_file(path: Path) -> None:

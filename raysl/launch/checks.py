@@ -25,7 +25,16 @@ def check_cluster(
     errors: list[Problem] = []
     warnings: list[Problem] = []
     errors += security_problems(cluster)
-    if cluster.provider != "local" and not cluster.storage.startswith((*_SHARED_SCHEMES, "/")):
+    if cluster.provider == "local" and not cluster.storage.startswith((*_SHARED_SCHEMES, "/")):
+        errors.append(
+            cluster.problem(
+                f"{cluster.storage!r} is not an absolute path: each on-prem node would resolve "
+                "it in its own working directory, so the nodes would not share checkpoints; give "
+                "the absolute path of the NFS mount present on every node (e.g. /mnt/raysl)",
+                "metadata.raysl.storage",
+            )
+        )
+    elif not cluster.storage.startswith((*_SHARED_SCHEMES, "/")):
         errors.append(
             cluster.problem(
                 f"{cluster.storage!r} is not shared between nodes; use s3://, gs:// or an "

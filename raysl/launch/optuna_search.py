@@ -39,30 +39,43 @@ logger = logging.getLogger(__name__)
 
 # Optuna study name -> the searcher that is suggesting its trials in this driver.
 SEARCHERS: dict[str, StudySearch] = {}
+BASELINE_ATTR = "raysl_baseline"  # Optuna user attribute of the baseline trial
 
 
 class StudySearch(OptunaSearch):
     """See the module docstring."""
 
-    def __init__(self, *args: Any, max_epochs: int, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, max_epochs: int, baseline: dict | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.max_epochs = max_epochs
         self._name_objective()
+        if baseline is not None and self._ot_study is not None and not self._ot_study.trials:
+            # the first trial asked for (Optuna trial 0): define-by-run suggestions return
+            # these values (Ray's points_to_evaluate would enqueue them too, without the mark)
+            self._ot_study.enqueue_trial(baseline, user_attrs={BASELINE_ATTR: True})
 
     def _name_objective(self) -> None:
         import optuna
 
-        if self._ot_study is None or not isinstance(self.metric, str):
+        if self._ot_study is None or self.metric is None:
             return
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self._ot_study.set_metric_names([self.metric])
+            names = [self.metric] if isinstance(self.metric, str) else list(self.metric)
+            self._ot_study.set_metric_names(names)
 
     # ---- what the driver asks -----------------------------------------------------------
     def number(self, trial_id: str) -> int | None:
         """The Optuna trial number of Tune trial `trial_id` (None if it did not come from here)."""
         trial = self._ot_trials.get(trial_id)
         return None if trial is None else trial.number
+
+    def is_baseline(self, trial_id: str) -> bool:
+        """Whether Tune trial `trial_id` is the study's baseline (the enqueued base config)."""
+        trial = self._ot_trials.get(trial_id)
+        return trial is not None and bool(trial.user_attrs.get(BASELINE_ATTR))
 
     def link(self, trial_id: str, mlflow_run_id: str) -> None:
         """Store the trial's MLflow run id on its Optuna trial."""
@@ -134,9 +147,15 @@ def _epoch(result: dict, default: int) -> int:
 
 
 def make_searcher(spec: Any, out: Path, study_name: str) -> StudySearch:
-    """TPE (multivariate, grouped, constant liar, seeded) over `spec.sample`, stored in a journal."""
+    """TPE (multivariate, grouped, constant liar, seeded) over `spec.sample`, stored in a
+    journal; with `tune.baseline`, the base config (`spec.baseline()`) enqueued as trial 0."""
     import optuna
 
+    t = spec.tune
+    baseline = None
+    if t.baseline:
+        params = {p.key: p for p in spec.params}
+        baseline = {k: params[k].optuna_value(v) for k, v in spec.baseline().items()}
     sampler = optuna.samplers.TPESampler(
         seed=spec.tune.seed,
         multivariate=True,
@@ -148,12 +167,14 @@ def make_searcher(spec: Any, out: Path, study_name: str) -> StudySearch:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return StudySearch(
             space=spec.sample,
-            metric=spec.tune.metric,
-            mode=spec.tune.mode,
+            # several objectives: Optuna's multi-objective TPE (directions from the modes)
+            metric=[m for m, _ in t.goals] if t.multi_objective else t.metric,
+            mode=[m for _, m in t.goals] if t.multi_objective else t.mode,
             sampler=sampler,
             study_name=study_name,
             storage=optuna_storage(out),
             max_epochs=spec.base.epochs,
+            baseline=baseline,
         )
 
 

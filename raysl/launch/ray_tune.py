@@ -14,6 +14,9 @@ This module is the study's driver (`run_study`); its parts live next to it:
   constant liar for concurrent trials, seeded) and persistent storage (an Optuna journal
   file in the study directory). Optuna trial attrs `ray_trial_id`, `mlflow_run_id` and the
   MLflow tag `raysl.optuna_trial` link the two.
+- **PBT** (`tune.scheduler.pbt`; `raysl.launch.pbt`): no searcher (Ray refuses one next to
+  PBT) but an initial population drawn up front; every trial's lineage on its run, and the
+  winner's as `best_config.yaml` with `schedule:`. Files in `--out`: `raysl.launch.study_files`.
 - **MLflow.** The driver (never the workers) logs: a parent run per study, a nested child per
   trial (`#3 completed val 97.9`), per-epoch metrics and the end status (FINISHED for
   completed and ASHA-stopped trials, `raysl.status` telling them apart; FAILED), via
@@ -26,16 +29,21 @@ This module is the study's driver (`run_study`); its parts live next to it:
 
 from __future__ import annotations
 
-import json
-import os
 import uuid
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import ray.tune
 
-from raysl.launch.optuna_search import load_optuna_study, make_searcher
+from raysl.launch.optuna_search import SEARCHERS, load_optuna_study
+from raysl.launch.pbt import pbt_lineages
+from raysl.launch.study_files import (
+    best_checkpoint,
+    load_state,
+    save_state,
+    trial_config,
+    write_leaderboard,
+)
 from raysl.launch.tune_tracking import (
     ACTIVE,
     StudyCallback,
@@ -44,13 +52,14 @@ from raysl.launch.tune_tracking import (
     study_params,
     study_records,
 )
-from raysl.launch.tune_trials import auto_concurrency, scheduler, trainable
+from raysl.launch.tune_trials import auto_concurrency, scheduler, search_alg, trainable
 from raysl.search import SearchSpec
+from raysl.search.spec import Pbt
 from raysl.study_console import StudyTable
 from raysl.tracking.board import records as board_records
-from raysl.tracking.describe import study_question, study_summary
+from raysl.tracking.describe import study_question
 from raysl.tracking.outbox import WAIT_S, Outbox
-from raysl.tracking.ranking import rank_trials
+from raysl.tracking.outcome import record_outcome, study_board, summary_line
 
 
 def run_study(
@@ -77,12 +86,14 @@ def run_study(
     optuna.logging.disable_default_handler()  # Optuna's log lines go to the study's log file
     optuna.logging.enable_propagation()
     out.mkdir(parents=True, exist_ok=True)
-    state = _load_state(out) if resume else {}
+    state = load_state(out) if resume else {}
     state.setdefault("optuna_study", f"{spec.name}-{uuid.uuid4().hex[:8]}")
     epochs = spec.base.epochs
     table = StudyTable(
         spec.name, spec.tune.metric, spec.tune.mode, epochs, spec.tune.num_samples, live=live
     )
+    multi = spec.tune.multi_objective  # several objectives: a Pareto front, no single winner
+    table.objectives = tuple(m for m, _ in spec.tune.goals) if multi else ()
     table.note(
         f"starting Ray ({'joining ' + address if address else 'a local cluster'}; "
         f"log: {out / 'raysl.log'})…"
@@ -104,8 +115,14 @@ def run_study(
             system_metrics=True,
         )
         state["parent_run_id"] = tracker.parent_run_id
-        _save_state(out, state)
-        tracker.set_study_tags({"raysl.search_order": ",".join(p.key for p in spec.params)})
+        save_state(out, state)
+        objectives = ",".join(f"{m}:{mode}" for m, mode in spec.tune.goals)
+        tracker.set_study_tags(
+            {
+                "raysl.search_order": ",".join(p.key for p in spec.params),
+                "raysl.objectives": objectives,
+            }
+        )
         if not resume:
             tracker.log_study_params(study_params(spec))
         key = state["optuna_study"]
@@ -127,14 +144,18 @@ def run_study(
         status, results = "failed", None
         try:
             if restored:
+                if isinstance(spec.tune.scheduler, Pbt):  # numbers of the members again
+                    search_alg(spec, out, key, concurrency)
                 tuner = ray.tune.Tuner.restore(experiment, function, resume_errored=True)
             else:
+                searcher = search_alg(spec, out, key, concurrency)
                 tuner = ray.tune.Tuner(
                     function,
+                    param_space=getattr(SEARCHERS.get(key), "space", None),  # PBT's population
                     tune_config=ray.tune.TuneConfig(
                         metric=spec.tune.metric,
                         mode=spec.tune.mode,
-                        search_alg=make_searcher(spec, out, state["optuna_study"]),
+                        search_alg=searcher,
                         scheduler=scheduler(spec),
                         num_samples=spec.tune.num_samples,
                         max_concurrent_trials=concurrency,
@@ -145,12 +166,24 @@ def run_study(
                         name=spec.name,
                         storage_path=storage,
                         callbacks=[StudyCallback(key)],
-                        checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=1),
+                        # PBT clones a donor's checkpoint some time after choosing it: keep all
+                        checkpoint_config=ray.tune.CheckpointConfig(
+                            num_to_keep=None if isinstance(spec.tune.scheduler, Pbt) else 1
+                        ),
                         failure_config=ray.tune.FailureConfig(max_failures=spec.tune.max_failures),
                         verbose=0,
                     ),
                 )
-            results = tuner.fit()
+            from raysl.launch.interrupts import finished_or_interrupted
+
+            # a fit() that Tune ended on a signal it caught, trials still running: interrupted
+            with finished_or_interrupted(ACTIVE[key]["statuses"], spec.tune.time_budget_s):
+                results = tuner.fit()
+            if spec.tune.finalists is not None:  # the best trials again, with other seeds
+                from raysl.launch.finalists import run_finalists
+
+                merge_results(ACTIVE[key], results, spec)  # trials an earlier driver ran
+                run_finalists(key, spec, storage, concurrency)
             status = "completed"
         except KeyboardInterrupt:
             status = "interrupted"
@@ -164,11 +197,22 @@ def run_study(
                 table.console.print(f"warning: {gap}", markup=False, highlight=False)
             tracker.close_running_trials(status)
             searched = [p.key for p in spec.params]
-            board = rank_trials(tracker.study(), None, spec.tune.metric, spec.tune.mode)
+            board = study_board(tracker.study(), spec.tune)  # finalists, Pareto front first
             best = board[0] if board and board[0][spec.tune.metric] is not None else None
-            checkpoint = _best_checkpoint(results, best) if status == "completed" and best else None
-            best_record = None
-            if best is not None:
+            lineages = pbt_lineages(spec, results, tracker, key)
+            replay_note = None
+            done = status == "completed" and best and not multi
+            checkpoint = best_checkpoint(results, best) if done else None
+            best_record, pareto_note = None, None
+            if best is not None and multi:  # one run file per Pareto trial, no best_config.yaml
+                from raysl.tracking.pareto import log_run_files
+
+                pareto_note = log_run_files(
+                    tracker, board, spec.tune.goals,
+                    lambda row: trial_config(spec, ACTIVE[key]["statuses"], row, searched),
+                    out / "pareto", spec.name,
+                )  # fmt: skip
+            elif best is not None:
                 record = ACTIVE[key]["statuses"].get(best["trial_id"], {})
                 best_searched = record.get("searched") or {
                     k: best[k] for k in searched if best.get(k) is not None
@@ -180,6 +224,10 @@ def run_study(
                     "config": config,
                     "name": spec.name,
                 }
+                if best["trial_id"] in lineages:  # PBT: the run file replays the lineage
+                    from raysl.launch.pbt import adopt_winner
+
+                    replay_note = adopt_winner(best_record, lineages, best, out, spec.name, tracker)
             winner = None
             if checkpoint is not None and best is not None:
                 from raysl.tracking.model import try_finish_winner
@@ -190,20 +238,25 @@ def run_study(
                     spec.config_for(best_searched), checkpoint, best["trial_id"],
                     state["optuna_study"], spec.tune.register,
                 )  # fmt: skip
-            summary = study_summary(board, spec.tune.metric)
+            summary = summary_line(board, spec.tune)  # with the gain over the baseline
+            record_outcome(tracker, board, spec.tune)
             tracker.study_ended(
                 best_record,
                 status,
                 best_checkpoint=checkpoint,
                 optuna_study=load_optuna_study(out, state["optuna_study"]),
-                leaderboard=board_records(board, spec.tune.metric, searched),
+                leaderboard=board_records(board, spec.tune.metric, searched, table.objectives),
                 summary=summary,
             )
-            _write_leaderboard(out, board)
+            write_leaderboard(out, board)
             footer = [
                 f"MLflow: experiment '{spec.name}', parent run {tracker.parent_run_id} "
                 f"({tracking_uri}); compare trials with: raysl ui"
             ]
+            if replay_note:
+                footer.append(replay_note)
+            if pareto_note:
+                footer.append(pareto_note)
             if winner:
                 from raysl.tracking.model import winner_line
 
@@ -211,31 +264,3 @@ def run_study(
             table.finish(board, footer, summary=summary, searched=searched)
             ACTIVE.pop(key, None)
     return {"best": best, "leaderboard": board, "parent_run_id": tracker.parent_run_id}
-
-
-def _best_checkpoint(results: Any, best: Mapping[str, Any]) -> Path | None:
-    for result in results:
-        if (
-            result.metrics
-            and result.metrics.get("trial_id") == best["trial_id"]
-            and result.checkpoint is not None
-        ):
-            path = Path(result.checkpoint.path)
-            return path if path.exists() else None
-    return None
-
-
-def _write_leaderboard(out: Path, rows: list[dict[str, Any]]) -> None:
-    """`<out>/leaderboard.json`: the `rank_trials` rows, as `raysl report` writes them."""
-    (out / "leaderboard.json").write_text(json.dumps(rows, indent=2, default=str))
-
-
-def _load_state(out: Path) -> dict[str, Any]:
-    path = out / "study.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _save_state(out: Path, state: Mapping[str, Any]) -> None:
-    tmp = out / f".study.json.{uuid.uuid4().hex[:6]}"
-    tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, out / "study.json")

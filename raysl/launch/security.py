@@ -4,9 +4,11 @@ Every string of the file is scanned (each command of every command list, `raySta
 container commands, args and env, docker options, ...), whatever its quoting:
 `--dashboard-host="0.0.0.0"`, `--host '::'`, `--dashboard-host=[::]` and `dashboard-host: 0.0.0.0`
 are the same bind. Credentials are matched in the raw text (comments included), as key ids
-(AWS `AKIA`/`ASIA`, GitHub, Hugging Face), private keys, and as variables named `*_TOKEN`,
-`*_PASSWORD`, `*_SECRET*` given a literal value (`X_TOKEN=abc`, `{name: X_TOKEN, value: abc}`);
-a reference (`$X`, `${X}`, `$(cmd)`, a Kubernetes `valueFrom`) is fine.
+(AWS `AKIA`/`ASIA`, GitHub, Hugging Face), private keys, passwords in URLs
+(`https://user:pw@host`), tokens given to a command (`wandb login KEY`, `--token T`), and as
+variables named `*_TOKEN`, `*_PASSWORD`, `*_SECRET*`, `*_API_KEY`, `*_ACCESS_KEY` given a literal
+value (`WANDB_API_KEY=abc`, `{name: HF_TOKEN, value: abc}`); a reference (`$X`, `${X}`,
+`$(cmd)`, a Kubernetes `valueFrom`) is fine.
 
 A KubeRay container binds inside its pod, whose address is reachable from the pod network
 only (and `kubectl port-forward` needs a bind on the pod's loopback or every interface), so in
@@ -41,9 +43,26 @@ _KEY_IDS = (
     (re.compile(r"^\s*gcp_credentials\s*:", re.M), "GCP credentials"),
     (re.compile(r"\b(?:ghp|gho|ghs|github_pat)_[A-Za-z0-9_]{20,}"), "a GitHub token"),
     (re.compile(r"\bhf_[A-Za-z0-9]{30,}\b"), "a Hugging Face token"),
+    # `https://user:password@host` (an MLflow server's basic auth, a database URI)
+    (
+        re.compile(r"\b[a-z][a-z0-9+.-]*://[^/\s:@'\"]+:(?!\$)[^/\s@'\"]+@", re.I),
+        "a password in a URL",
+    ),
+    # `wandb login KEY`, `huggingface-cli login --token T`, `--api-key K`, `--password P`
+    (
+        re.compile(
+            r"(?:\b(?:wandb|huggingface-cli|hf)(?:\s+auth)?\s+login(?:\s+--\S+)*\s+|"
+            r"--(?:api[-_]?key|token|password|secret)(?:=|\s+))['\"]?(?![$-])[^\s'\"]{6,}",
+            re.I,
+        ),
+        "a credential given on a command line",
+    ),
 )
 # a credential variable: *_TOKEN, *_PASSWORD, *_SECRET* (upper case, as environment variables are)
-_SECRET_NAME = re.compile(r"^[A-Z][A-Z0-9_]*(?:_TOKEN|_PASSWORD|_PASSWD|_SECRET[A-Z0-9_]*)$")
+# (WANDB_API_KEY, MLFLOW_TRACKING_PASSWORD, HF_TOKEN, HUGGING_FACE_HUB_TOKEN, *_ACCESS_KEY ...)
+_SECRET_NAME = re.compile(
+    r"^[A-Z][A-Z0-9_]*(?:_TOKEN|_PASSWORD|_PASSWD|_SECRET[A-Z0-9_]*|_API_?KEY|_ACCESS_KEY|_AUTH_KEY|_PRIVATE_KEY)$"
+)
 # NAME=value in a command (`export X=..`, `X=.. cmd`, `-e X=..`, `--env X=..`)
 _ASSIGNMENT = re.compile(r"(?<![\w$])([A-Z][A-Z0-9_]*)=(\S*)")
 _QUOTES = str.maketrans("", "", "\"'`\\")

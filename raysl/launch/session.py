@@ -45,10 +45,17 @@ def ray_session(
     """
     for key, value in _QUIET_ENV.items():
         os.environ.setdefault(key, value)
+    # not only a default: with Tune's handler a Ctrl-C would end the study as if completed
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     _log_ray_to(log_file)
     started = not ray.is_initialized()
     if started:
         local = address is None and not os.environ.get("RAY_ADDRESS")
+        if not local:  # a few seconds, not ray.init's minutes of retries against nothing
+            from raysl.launch.address import check_address
+
+            check_address(address or os.environ.get("RAY_ADDRESS"))
+        _watch_descendants()  # what the cluster starts is gone with this process, even killed
         ray.init(
             # "local": a fresh cluster, never one a `ray start` left on this machine (which
             # `address=None` would join, and then refuse the resources below)
@@ -69,6 +76,16 @@ def ray_session(
         restore()
         if started:
             ray.shutdown()
+
+
+_REAPER: list = []  # the watcher of this process's descendants (`raysl.launch.reaper`), once
+
+
+def _watch_descendants() -> None:
+    if not _REAPER:
+        from raysl.launch.reaper import start_reaper
+
+        _REAPER.append(start_reaper())
 
 
 def _route_cluster_messages() -> Callable[[], None]:

@@ -51,10 +51,14 @@ class StudyCallback(ray.tune.Callback):
         searched = dict(trial.config)
         config = spec.config_for(searched).override({"eval.test": False}).to_flat()
         searcher = SEARCHERS.get(self.key)
+        if hasattr(searcher, "adopt"):  # a PBT population: numbered by its first config
+            searcher.adopt(trial.trial_id, searched)
         number = searcher.number(trial.trial_id) if searcher else None
+        baseline = hasattr(searcher, "is_baseline") and searcher.is_baseline(trial.trial_id)
         run_id = active["tracker"].trial_started(
-            trial.trial_id, str(trial), config, searched, number=number
-        )
+            trial.trial_id, str(trial), config, searched, number=number,
+            tags={"raysl.baseline": "true"} if baseline else None,
+        )  # fmt: skip
         if searcher is not None:
             searcher.link(trial.trial_id, run_id)
         if "inputs" in active:  # the dataset as a run input, the config as config.yaml
@@ -65,7 +69,7 @@ class StudyCallback(ray.tune.Callback):
             "status": "running",
             "epochs": 0,
         }
-        active["table"].trial_started(trial.trial_id, searched, number)
+        active["table"].trial_started(trial.trial_id, searched, number, baseline=baseline)
 
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
@@ -79,6 +83,8 @@ class StudyCallback(ray.tune.Callback):
         active["outbox"].call("result", tracker.trial_result, trial.trial_id, metrics, epoch)
         record = active["statuses"].setdefault(trial.trial_id, {"searched": dict(trial.config)})
         record.update(epochs=epoch, metrics=metrics)
+        if result.get("pbt_from"):  # PBT: this trial continues another one's checkpoint
+            _exploited(self.key, active, trial, record, result)
         active["table"].trial_result(trial.trial_id, epoch, metrics.get(active["spec"].tune.metric))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -114,6 +120,27 @@ class StudyCallback(ray.tune.Callback):
         tracker = active["tracker"]
         active["outbox"].call("end", tracker.trial_ended, trial.trial_id, "failed", reason, None)
         active["table"].trial_ended(trial.trial_id, "failed", reason)
+
+
+def _exploited(
+    key: str, active: dict[str, Any], trial: Any, record: dict[str, Any], result: Mapping[str, Any]
+) -> None:
+    """A PBT exploit: the new values, a note in the live table, the count on the trial's run."""
+    donor, _, epoch = str(result["pbt_from"]).rpartition("@")
+    changes, now = result.get("pbt_changes", ""), dict(trial.config)
+    record["searched"] = now
+    record["exploits"] = record.get("exploits", 0) + 1
+    searcher = SEARCHERS.get(key)
+    number = searcher.number(donor) if searcher else None
+    table = active["table"]
+    line = f"{table.label(trial.trial_id)} continues from "
+    line += f"{'#' + str(number) if number is not None else donor}'s epoch-{epoch} checkpoint"
+    table.trial_exploited(trial.trial_id, now, line + (f": {changes}" if changes else ""))
+    tracker = active["tracker"]
+    run_id = tracker.existing_trials().get(trial.trial_id)
+    if run_id:
+        exploits = str(record["exploits"])
+        active["outbox"].call("tag", tracker.client.set_tag, run_id, "raysl.pbt_exploits", exploits)
 
 
 def _metrics(result: Mapping[str, Any]) -> dict[str, float]:
@@ -177,9 +204,27 @@ def study_params(spec: SearchSpec) -> dict[str, Any]:
         "tune.metric": t.metric, "tune.mode": t.mode, "tune.num_samples": t.num_samples,
         "tune.max_concurrent": t.max_concurrent or "auto", "tune.seed": t.seed,
         "tune.workers": t.resources.workers, "tune.cpu": t.resources.cpu, "tune.gpu": t.resources.gpu,
-        "tune.scheduler": f"asha(grace={t.scheduler.grace_period}, rf={t.scheduler.reduction_factor})" if t.scheduler else "none",
+        "tune.scheduler": _scheduler_text(t.scheduler),
     })  # fmt: skip
+    params["tune.baseline"] = t.baseline
+    params["tune.finalists"] = (
+        f"top {t.finalists.top}, seeds {t.finalists.seeds}" if t.finalists else "none"
+    )
+    if t.multi_objective:
+        params["tune.metric"] = ", ".join(m for m, _ in t.goals)
+        params["tune.mode"] = ", ".join(m for _, m in t.goals)
     return params
+
+
+def _scheduler_text(scheduler: Any) -> str:
+    if scheduler is None:
+        return "none"
+    if hasattr(scheduler, "mutate"):
+        return (
+            f"pbt(interval={scheduler.interval}, quantile={scheduler.quantile:g}, "
+            f"resample={scheduler.resample:g}, mutate={','.join(scheduler.mutate)})"
+        )
+    return f"asha(grace={scheduler.grace_period}, rf={scheduler.reduction_factor})"
 
 
 def _describe(param: Any) -> str:

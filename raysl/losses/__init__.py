@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from raysl.losses.base import CONTEXT, Criterion, LossTerm, Outputs, WeightSchedule
@@ -30,12 +30,16 @@ LOSSES: dict[str, type[LossTerm]] = {
 SCHEDULE_KEYS = ("weight", "ramp_from", "ramp_start", "ramp_end")
 
 
-def build_criterion(spec: Mapping[str, Mapping[str, Any] | None], **context: Any) -> Criterion:
+def build_criterion(
+    spec: Mapping[str, Mapping[str, Any] | None], keep: Iterable[str] = (), **context: Any
+) -> Criterion:
     """Build the criterion from `cfg.loss` (term name -> {weight, ramp_*, term arguments}).
 
     Terms whose weight is 0 at every epoch are dropped, and with them every model branch
-    only they needed. `context` (dim, num_classes, ...) reaches the terms that ask for it.
+    only they needed, unless named in `keep` (their weight is scheduled to change).
+    `context` (dim, num_classes, ...) reaches the terms that ask for it.
     """
+    keep = set(keep)
     import inspect
 
     terms: dict[str, LossTerm] = {}
@@ -47,7 +51,7 @@ def build_criterion(spec: Mapping[str, Mapping[str, Any] | None], **context: Any
         schedule = WeightSchedule(
             **{key: params.pop(key) for key in SCHEDULE_KEYS if key in params}
         )
-        if schedule.always_zero:
+        if schedule.always_zero and name not in keep:
             continue
         cls = LOSSES[name]
         wanted = set(inspect.signature(cls).parameters) & CONTEXT

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
 from pydantic import Field
@@ -27,6 +27,17 @@ NonNegativeInt = Annotated[int, Field(ge=0)]
 # Constructor arguments that come from the run, not from `loss.<name>`; a term asks for any
 # of them by naming it in its signature.
 CONTEXT = frozenset({"dim", "feature_dim", "num_classes", "num_samples", "epochs"})
+
+
+@dataclass(frozen=True)
+class RunShape:
+    """What the config alone says about a run, for `LossTerm.run_problems` (checked by config
+    validation, before anything starts or is written)."""
+
+    views: int  # augment.views, V
+    batch_size: int  # data.batch_size, the global batch
+    epochs: int
+    stages: int  # the backbone's stages (exits follow stages 1..stages-1)
 
 
 @dataclass
@@ -64,12 +75,38 @@ class LossTerm(nn.Module):
         exits, exit_size: with "z_sub", the 1-based stages after which exits branch off and
             their size ("fc", "small", "same"; see `raysl.models.exits`).
         mixed_views: with "z_mix", how many views `mix()` mixes.
+    Arguments listed in `MUTABLE` are stored as attributes of the same name and read only in
+    `forward`, so setting the attribute equals building the term with the new value
+    (tests/test_mutable.py checks each).
     """
 
     requires: ClassVar[frozenset[str]] = frozenset({"z"})
+    # arguments that may change between epochs (`schedule:`, PBT): plain attributes of the
+    # same name that nothing derived is computed from (`raysl.mutable`)
+    MUTABLE: ClassVar[frozenset[str]] = frozenset()
     exits: tuple[int, ...] = ()
     exit_size: str = "fc"
     mixed_views: int = 1
+    # augment.views the term needs to learn at all: 2 where its positives are the other views
+    # of an image (with one view it has none, and its loss is 0 or undefined)
+    min_views: ClassVar[int] = 1
+
+    @classmethod
+    def run_problems(
+        cls, name: str, args: Mapping[str, Any], run: RunShape
+    ) -> list[tuple[str, str]]:
+        """(dotted key, message) for each reason this term, with its validated arguments `args`
+        (`loss.<name>.*`), cannot learn in `run`; empty when it can. Terms add their own
+        cross-argument checks (calling this first)."""
+        found = []
+        if run.views < cls.min_views:
+            found.append((
+                "augment.views",
+                f"loss.{name} needs at least {cls.min_views} views of each image (its positives "
+                f"are the other views), but augment.views is {run.views}, so it cannot learn; "
+                f"set augment.views: {cls.min_views}, or drop the term (loss.{name}.weight: 0)",
+            ))  # fmt: skip
+        return found
 
     def mix(self, views: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
         """With "z_mix": mix this rank's views (Vm, B, C, H, W) with partners from the same rank.

@@ -98,6 +98,9 @@ class BSIM(LossTerm):
         dim: D, the projection width (filled by the run).
     """
 
+    MUTABLE = frozenset({"temperature", "alpha"})
+    min_views = 2  # its base loss and its mixtures' keys use another view of each image
+
     def __init__(
         self,
         base: Base = "infonce",

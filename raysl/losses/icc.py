@@ -102,6 +102,9 @@ class ICC(LossTerm):
             a x the `Similarity` term's mean of 2 - 2 cos, a knob for studies.
     """
 
+    MUTABLE = frozenset({"tau1", "tau2", "ratio", "maxscale"})
+    min_views = 2  # it regresses each view onto the others
+
     def __init__(
         self,
         tau1: Positive = 0.1,

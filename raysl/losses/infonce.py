@@ -100,6 +100,9 @@ class InfoNCE(LossTerm):
         dim: D, the projection width (filled by the run from model.proj_dim).
     """
 
+    MUTABLE = frozenset({"temperature"})
+    min_views = 2  # its positives are the other views of an image
+
     requires = frozenset({"z"})
 
     def __init__(

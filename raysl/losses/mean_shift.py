@@ -11,8 +11,8 @@ The loss is [code] throughout (methods.md §3.1-3.3); nothing here is reconstruc
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Literal
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,7 @@ from raysl.losses.base import (
     Outputs,
     PositiveInt,
     Probability,
+    RunShape,
 )
 from raysl.losses.memory_bank import MemoryBank
 from raysl.losses.neighbours import DEMOTE, k_nearest, member_mask
@@ -117,6 +118,28 @@ class MeanShift(LossTerm):
         pseudo_hidden_dim: pseudo_label: hidden width of the MLP; None: 2 x dim as the code.
         dim, num_samples, num_classes: from the run (embedding size, training images, classes).
     """
+
+    MUTABLE = frozenset({"conf_threshold"})
+    min_views = 2  # queries of one view regress onto the neighbours of another's target
+
+    @classmethod
+    def run_problems(
+        cls, name: str, args: Mapping[str, Any], run: RunShape
+    ) -> list[tuple[str, str]]:
+        """Also: `k` no larger than the search set. `_search_set` searches the bank, or this
+        step's targets (P x the global batch, P = V views with `symmetric`, else 1) when the
+        bank is smaller, so at most max(bank_size, P x batch) rows; a larger k is silently k'."""
+        found = super().run_problems(name, args, run)
+        targets = (run.views if args.get("symmetric") else 1) * run.batch_size
+        rows = max(int(args.get("bank_size", 0)), targets)
+        if int(args.get("k", 1)) > rows:
+            found.append((
+                f"loss.{name}.k",
+                f"{args['k']} neighbours, but the search set holds at most {rows} rows "
+                f"(bank_size {args.get('bank_size', 0)}, or this step's {targets} targets when "
+                f"the bank is smaller); set k <= {rows}, or raise loss.{name}.bank_size",
+            ))  # fmt: skip
+        return found
 
     def __init__(
         self,

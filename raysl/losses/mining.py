@@ -51,7 +51,8 @@ Differences from the official code: none to list; no official code was found, an
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -67,6 +68,7 @@ from raysl.losses.base import (
     Positive,
     PositiveInt,
     Probability,
+    RunShape,
 )
 from raysl.losses.kernel import masked_info_nce
 from raysl.losses.memory_bank import MemoryBank
@@ -108,6 +110,44 @@ class Mining(LossTerm):
         queue_negatives: also draw negatives from the queue (MoCo-style), inside the band.
         warmup_epochs: epochs of plain InfoNCE before mining starts (fractional allowed).
     """
+
+    MUTABLE = frozenset(
+        {"temperature", "gamma", "tau_w", "s_hard", "delta_lo", "delta_hi", "q_lo", "q_hi"}
+    )
+
+    @classmethod
+    def run_problems(
+        cls, name: str, args: Mapping[str, Any], run: RunShape
+    ) -> list[tuple[str, str]]:
+        """Also: a quantile band that keeps negatives (q_lo < q_hi), and, with one view, a
+        positive to learn from (mined neighbours after the warm-up: the views give none)."""
+        found = super().run_problems(name, args, run)
+        q_lo, q_hi = args.get("q_lo", 0.25), args.get("q_hi", 0.9)
+        if q_lo > q_hi or (q_lo == q_hi and args.get("band") == "quantile"):
+            found.append((
+                f"loss.{name}.q_lo",
+                f"q_lo ({q_lo}) must be below q_hi ({q_hi}): the quantile band keeps the "
+                "negatives between the two quantiles, so it would keep none; e.g. q_lo: 0.25, "
+                "q_hi: 0.9",
+            ))  # fmt: skip
+        if run.views == 1:
+            why = (
+                "k_pos is 0"
+                if args.get("k_pos") == 0
+                else "queue_size is 0"
+                if args.get("queue_size") == 0
+                else f"warmup_epochs ({args.get('warmup_epochs')}) >= epochs ({run.epochs})"
+                if args.get("warmup_epochs", 0) >= run.epochs
+                else ""
+            )
+            if why:
+                found.append((
+                    "augment.views",
+                    f"with augment.views 1 loss.{name}'s only positives are mined neighbours, "
+                    f"and {why}, so it cannot learn; set augment.views: 2, or mine (k_pos > 0, "
+                    "queue_size > 0, warmup_epochs < epochs)",
+                ))  # fmt: skip
+        return found
 
     requires = frozenset({"z"})
 

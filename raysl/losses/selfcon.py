@@ -26,7 +26,8 @@ Differences from the official code, all deliberate:
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +35,14 @@ from pydantic import Field
 from torch import Tensor
 
 from raysl import distributed
-from raysl.losses.base import LossTerm, NonNegative, Outputs, Positive, PositiveInt
+from raysl.losses.base import (
+    LossTerm,
+    NonNegative,
+    Outputs,
+    Positive,
+    PositiveInt,
+    RunShape,
+)
 from raysl.losses.kernel import masked_info_nce
 from raysl.losses.supcon import supcon_loss
 
@@ -100,6 +108,24 @@ class SelfCon(LossTerm):
         base_temperature: if set, multiply the loss by τ / base_temperature as `ConLoss`
             does (base 0.07 there). None (default): no factor.
     """
+
+    MUTABLE = frozenset({"temperature"})
+
+    @classmethod
+    def run_problems(
+        cls, name: str, args: Mapping[str, Any], run: RunShape
+    ) -> list[tuple[str, str]]:
+        """Also: every exit follows a stage that has one after it (`raysl.models.exits`)."""
+        found = super().run_problems(name, args, run)
+        late = [stage for stage in args.get("exits", ()) if stage >= run.stages]
+        if late:
+            found.append((
+                f"loss.{name}.exits",
+                f"an exit must follow one of stages 1..{run.stages - 1} (the backbone has "
+                f"{run.stages}; an exit after the last is the backbone itself), got "
+                f"{list(args['exits'])}; e.g. exits: [2]",
+            ))  # fmt: skip
+        return found
 
     def __init__(
         self,

@@ -63,6 +63,8 @@ class Similarity(LossTerm):
             "stopgrad" (SimSiam): targets are the online projections `z`, detached.
     """
 
+    min_views = 2  # each view is regressed onto the other views
+
     def __init__(self, target: Literal["ema", "stopgrad"] = "ema") -> None:
         super().__init__()
         if target not in ("ema", "stopgrad"):

@@ -100,6 +100,8 @@ class SupCon(LossTerm):
             SelfCon `supcon_s`) or "count" (HobbitLong/SupContrast). Matters only with V=1.
     """
 
+    MUTABLE = frozenset({"temperature"})
+
     requires = frozenset({"z", "labels"})
 
     def __init__(

@@ -8,8 +8,8 @@ search:
   loss.supcon.weight: {choice: [0.0, 0.5, 1.0]}
   loss.supcon.temperature: {loguniform: [0.05, 0.5], when: "loss.supcon.weight > 0"}
 tune:
-  metric: val/knn_top1                            # never test/*
-  mode: max
+  metric: val/knn_top1                            # never test/*; or [val/knn_top1, cost/device_hours]
+  mode: max                                       # or [max, min]: a multi-objective study
   num_samples: 8
   max_concurrent: auto                            # or an integer
   resources: {cpu: 1, gpu: 0, workers: 1}        # per worker; workers > 1 = Ray Train
@@ -19,6 +19,8 @@ tune:
   startup_trials: 4
   max_failures: 0                                 # retries of a trial (from its checkpoint)
   config: {epochs: 25}                            # base-config overrides for the trials only
+  baseline: true                                  # trial 0 = the base config
+  finalists: {top: 3, seeds: 2}                   # default null (raysl.search.study_options)
 ```
 
 `load_search_spec` checks all of it before anything starts (`raysl.search.load`);
@@ -33,6 +35,7 @@ from raysl.search.spec import (
     OPS,
     Asha,
     Condition,
+    Finalists,
     Param,
     Resources,
     SearchSpec,
@@ -46,6 +49,7 @@ __all__ = [
     "OPS",
     "Asha",
     "Condition",
+    "Finalists",
     "Param",
     "Resources",
     "SearchSpec",

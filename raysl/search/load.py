@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,10 @@ from raysl.config import Config, validate
 from raysl.errors import ConfigError, Problem
 from raysl.runfile import load_run_file
 from raysl.search.params import order, parse_params
+from raysl.search.pbt import check_pbt
 from raysl.search.problems import Problems
-from raysl.search.spec import Param, SearchSpec, TuneSettings
+from raysl.search.spec import Param, Pbt, SearchSpec, TuneSettings
+from raysl.search.study_options import check_study_options, knn_k_metrics
 from raysl.search.tune import parse_tune
 from raysl.yamlio import flatten, merge, unflatten
 
@@ -30,6 +31,7 @@ EPOCH_METRICS = (
     "train/throughput",
     "train/epoch_time",
     "time/elapsed",
+    "cost/device_hours",  # seconds inside fit() x devices held / 3600 (raysl.runtime)
 )
 
 
@@ -116,7 +118,7 @@ def _cross_check(
     _check_extremes(base, params, out)
     _check_conditions(base, params, out)
     _check_knn_bank(base, searched.get("eval.knn_k"), out)
-    _check_metric(base, params, tune, out)
+    check_study_options(base, params, tune, epoch_metrics(base, params), out)
 
     workers = tune.resources.workers
     batch = searched.get("data.batch_size")
@@ -142,7 +144,9 @@ def _cross_check(
             "the config's device is cpu but trials reserve a GPU: set gpu: 0", "tune.resources.gpu"
         )
 
-    if tune.scheduler is not None:
+    if isinstance(tune.scheduler, Pbt):
+        base = check_pbt(base, params, tune, out, notes)
+    elif tune.scheduler is not None:
         if "epochs" in searched:
             out.add(
                 "ASHA's max_t is the config's epochs: do not search epochs with a scheduler "
@@ -155,15 +159,16 @@ def _cross_check(
                 f"never stop a trial; set grace_period <= {base.epochs}, or scheduler: none",
                 "tune.scheduler.asha.grace_period",
             )
-    if tune.metric.startswith("val/"):
+    val = next((m for m, _ in tune.goals if m.startswith("val/")), None)
+    if val is not None:
         if "eval.every" in searched:
             out.add(
-                f"{tune.metric} is needed every epoch: do not search eval.every",
+                f"{val} is needed every epoch: do not search eval.every",
                 "search.eval.every",
             )
         elif base.eval.every != 1:
             notes.append(
-                f"eval.every set from {base.eval.every} to 1: Tune needs {tune.metric} in every "
+                f"eval.every set from {base.eval.every} to 1: Tune needs {val} in every "
                 "epoch's report (ASHA compares trials at the same epoch)"
             )
             base = base.override({"eval.every": 1})
@@ -220,31 +225,6 @@ def _check_knn_bank(base: Config, knn: Param | None, out: Problems) -> None:
         out.add(problem.message, "search.eval.knn_k" if knn is not None else "config.eval.knn_k")
 
 
-def _check_metric(
-    base: Config, params: tuple[Param, ...], tune: TuneSettings, out: Problems
-) -> None:
-    metric, allowed = tune.metric, epoch_metrics(base, params)
-    if metric.startswith("test/"):
-        out.add(
-            f"{metric} is on the test split, which is never tuned on (it is reported at the end "
-            "of each trial, for information only): use val/knn_top1",
-            "tune.metric",
-        )
-    elif metric not in allowed:
-        close = difflib.get_close_matches(metric, allowed, n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        why = (
-            "is reported once, at the end, not every epoch"
-            if metric.startswith("val/")
-            else "is not reported every epoch of every trial"
-        )
-        out.add(f"{metric} {why}; {hint}allowed: {', '.join(allowed)}", "tune.metric")
-    elif metric.startswith("val/") and tune.mode != "max":
-        out.add(f"{metric} is an accuracy: set mode: max", "tune.mode")
-    elif metric.startswith("train/loss") and tune.mode != "min":
-        out.add(f"{metric} is a loss: set mode: min", "tune.mode")
-
-
 def epoch_metrics(base: Config, params: tuple[Param, ...]) -> list[str]:
     """What the loop reports every epoch in every trial of a study (a term whose weight can
     be searched down to 0 is dropped in some trials, and so is its train/loss/<term>)."""
@@ -257,6 +237,7 @@ def epoch_metrics(base: Config, params: tuple[Param, ...]) -> list[str]:
         *EPOCH_METRICS,
         *(f"train/loss/{t}" for t in sorted(always)),
         *(f"train/weight/{t}" for t in ramped),
+        *knn_k_metrics(base, params),
     ]
 
 

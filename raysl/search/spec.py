@@ -120,6 +120,12 @@ class Param:
             self.key, float(self.low), float(self.high), log=self.kind == "loguniform"
         )
 
+    def optuna_value(self, value: Any) -> Any:
+        """`value` as Optuna holds this param (list choices by their label), for enqueueing."""
+        if self.kind == "choice" and any(isinstance(c, tuple) for c in self.choices or ()):
+            return choice_label(freeze(value))
+        return int(value) if self.kind == "int" else value
+
     def extreme(self, end: Literal["low", "high"]) -> Any:
         """The lowest/highest value (first/last choice when choices are not all numbers)."""
         if self.kind != "choice":
@@ -167,13 +173,40 @@ class Asha:
 
 
 @dataclass(frozen=True)
+class Pbt:
+    """Population Based Training (Jaderberg et al., 2017, arXiv:1711.09846) in epochs: every
+    `interval` epochs each trial in the bottom `quantile` continues from the checkpoint of one
+    in the top `quantile`, with each `mutate` key resampled from its search range (probability
+    `resample`) or multiplied by 0.8 or 1.2 (choices: the neighbouring choice)."""
+
+    interval: int = 2
+    quantile: float = 0.25
+    resample: float = 0.25
+    mutate: tuple[str, ...] = ()
+    # synchronous: every trial reaches the interval before the bottom ones exploit (results do
+    # not depend on which trial happens to report first); false: Ray's asynchronous PBT
+    synch: bool = True
+
+
+@dataclass(frozen=True)
+class Finalists:
+    """`tune.finalists: {top: K, seeds: S}`: after the search, the K best full-budget trials
+    are re-run with S other seeds (the trial's seed + 1 ... + S); ranked by the mean over the
+    S + 1 runs (the original counts as one seed)."""
+
+    top: int = 3
+    seeds: int = 2
+
+
+@dataclass(frozen=True)
 class TuneSettings:
+    # the objective; in a multi-objective study the first of `objectives`
     metric: str = "val/knn_top1"
     mode: Literal["max", "min"] = "max"
     num_samples: int = 8
     max_concurrent: int | None = None  # None = auto: what the cluster's resources allow
     resources: Resources = Resources()
-    scheduler: Asha | None = Asha()
+    scheduler: Asha | Pbt | None = Asha()
     seed: int = 0
     time_budget_s: float | None = None  # stop starting new trials after this many seconds
     startup_trials: int = 4  # random trials before TPE takes over
@@ -183,6 +216,20 @@ class TuneSettings:
     # the best encoder, at the end of a completed study, as a new version of this MLflow
     # registered model (None: logged as the parent run's model `encoder` only)
     register: str | None = None
+    # the base config's values of the searched keys as the first trial (Optuna trial 0)
+    baseline: bool = True
+    finalists: Finalists | None = None
+    # ((metric, mode), ...) of a multi-objective study (`metric: [a, b]`); () = one objective
+    objectives: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    @property
+    def goals(self) -> tuple[tuple[str, str], ...]:
+        """Every objective as (metric, mode): `objectives`, or the one (metric, mode)."""
+        return self.objectives or ((self.metric, self.mode),)
 
 
 @dataclass(frozen=True)
@@ -211,6 +258,14 @@ class SearchSpec:
                 continue
             sampled[param.key] = values[param.key] = param.suggest(trial)
         return sampled
+
+    def baseline(self) -> dict[str, Any]:
+        """The baseline trial: every searched key at its base-config value, conditions applied
+        as `sample` applies them (a key whose `when` fails at the base values is left out)."""
+        values = self.base.to_flat()
+        return {
+            p.key: values.get(p.key) for p in self.params if p.when is None or p.when.holds(values)
+        }
 
     def config_for(self, params: Mapping[str, Any]) -> Config:
         """The trial's config: the base with the sampled values applied, validated."""

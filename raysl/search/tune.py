@@ -10,7 +10,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from raysl.search.problems import Problems, is_int
-from raysl.search.spec import Asha, Resources, TuneSettings, is_number
+from raysl.search.spec import Asha, Pbt, Resources, TuneSettings, is_number
+from raysl.search.study_options import parse_baseline, parse_finalists, parse_objectives
 
 TUNE_KEYS = (
     "metric",
@@ -24,25 +25,21 @@ TUNE_KEYS = (
     "startup_trials",
     "max_failures",
     "register",
+    "baseline",
+    "finalists",
     "config",  # base-config overrides for the study's trials (read by load_search_spec)
 )
 RESOURCE_KEYS = ("cpu", "gpu", "workers")
 ASHA_KEYS = ("grace_period", "reduction_factor")
-SCHEDULERS = ("asha", "none")
+PBT_KEYS = ("interval", "quantile", "resample", "mutate", "synch")
+SCHEDULERS = ("asha", "pbt", "none")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")  # safe in models:/NAME/VERSION
 
 
 def parse_tune(raw: Mapping[str, Any], out: Problems) -> TuneSettings:
     out.unknown_keys(raw, TUNE_KEYS, "tune")
     d = TuneSettings()
-    metric = raw.get("metric", d.metric)
-    if not isinstance(metric, str) or not metric:
-        out.add(f"must be a metric name such as val/knn_top1 (got {metric!r})", "tune.metric")
-        metric = d.metric
-    mode = raw.get("mode", d.mode)
-    if mode not in ("max", "min"):
-        out.add(f"must be max or min (got {mode!r})", "tune.mode")
-        mode = d.mode
+    metric, mode, objectives = parse_objectives(raw, out)
     concurrent = raw.get("max_concurrent", "auto")
     if (
         concurrent is not None
@@ -72,13 +69,20 @@ def parse_tune(raw: Mapping[str, Any], out: Problems) -> TuneSettings:
         ),
         max_concurrent=None if concurrent in (None, "auto") else concurrent,
         resources=parse_resources(raw.get("resources"), out),
-        scheduler=parse_scheduler(raw.get("scheduler", d.scheduler), out),
+        # several objectives: no scheduler unless one is named (then refused in
+        # raysl.search.study_options)
+        scheduler=parse_scheduler(
+            raw.get("scheduler", None if len(objectives) > 1 else d.scheduler), out
+        ),
         seed=out.integer(raw, "seed", "tune", d.seed),
         time_budget_s=None if budget is None else float(budget),
         startup_trials=out.integer(raw, "startup_trials", "tune", d.startup_trials, 0),
         max_failures=out.integer(
             raw, "max_failures", "tune", d.max_failures, 0, ", retries of a failed trial"
         ),
+        baseline=parse_baseline(raw, out),
+        finalists=parse_finalists(raw.get("finalists"), out),
+        objectives=objectives,
     )
 
 
@@ -120,12 +124,13 @@ def parse_resources(raw: Any, out: Problems) -> Resources:
     return Resources(cpu=float(cpu), gpu=float(gpu), workers=workers)
 
 
-def parse_scheduler(raw: Any, out: Problems) -> Asha | None:
-    """`none`/null, `asha`, or `{asha: {grace_period, reduction_factor}}` (in epochs)."""
+def parse_scheduler(raw: Any, out: Problems) -> Asha | Pbt | None:
+    """`none`/null, `asha`, `{asha: {grace_period, reduction_factor}}` (in epochs), or
+    `{pbt: {interval, quantile, resample, mutate}}` (what needs the config: `raysl.search.pbt`)."""
     at = "tune.scheduler"
     if raw is None or raw == "none":
         return None
-    if isinstance(raw, Asha):
+    if isinstance(raw, Asha | Pbt):
         return raw
     if raw == "asha":
         return Asha()
@@ -138,10 +143,12 @@ def parse_scheduler(raw: Any, out: Problems) -> Asha | None:
     if name not in SCHEDULERS:
         close = difflib.get_close_matches(str(name), SCHEDULERS, n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
-        out.add(f"unknown scheduler '{name}'; {hint}allowed: asha, none", f"{at}.{name}", at)
+        out.add(f"unknown scheduler '{name}'; {hint}allowed: asha, pbt, none", f"{at}.{name}", at)
         return None
     if name == "none":
         return None
+    if name == "pbt":
+        return parse_pbt(body, out)
     body = body or {}
     if not isinstance(body, Mapping):
         out.add(
@@ -168,3 +175,42 @@ def parse_scheduler(raw: Any, out: Problems) -> Asha | None:
             ": ASHA keeps 1/reduction_factor of the trials at each rung",
         ),
     )
+
+
+def parse_pbt(body: Any, out: Problems) -> Pbt | None:
+    """`{pbt: {interval: 2, quantile: 0.25, resample: 0.25, mutate: [KEYS]}}` alone."""
+    at = "tune.scheduler.pbt"
+    example = "{interval: 2, quantile: 0.25, resample: 0.25, mutate: [optim.lr, loss.icc.weight]}"
+    if not isinstance(body, Mapping):
+        out.add(f"takes a mapping {example} (got {body!r})", at)
+        return None
+    out.unknown_keys(body, PBT_KEYS, at)
+    d = Pbt()
+    interval = out.integer(body, "interval", at, d.interval, 1, ", epochs between exploits")
+    fractions = {}
+    for key, lo, hi, what in (
+        ("quantile", 0, 0.5, "the share of trials that exploit (and that are exploited)"),
+        ("resample", 0, 1, "the probability of resampling a key instead of scaling it"),
+    ):
+        value = body.get(key, getattr(d, key))
+        ok = is_number(value) and lo <= value <= hi and (key != "quantile" or value > 0)
+        if not ok:
+            bounds = "(0, 0.5]" if key == "quantile" else "[0, 1]"
+            out.add(f"must be a number in {bounds}, {what} (got {value!r})", f"{at}.{key}")
+            value = getattr(d, key)
+        fractions[key] = float(value)
+    mutate = body.get("mutate")
+    if not (isinstance(mutate, list) and mutate and all(isinstance(k, str) for k in mutate)) or len(
+        set(mutate)
+    ) != len(mutate):
+        out.add(
+            "must list the searched keys PBT changes during training, each once, e.g. "
+            f"[optim.lr, loss.icc.weight] (got {mutate!r})",
+            f"{at}.mutate",
+        )
+        mutate = []
+    synch = body.get("synch", d.synch)
+    if not isinstance(synch, bool):
+        out.add(f"must be true or false (got {synch!r})", f"{at}.synch")
+        synch = d.synch
+    return Pbt(interval=interval, mutate=tuple(mutate), synch=synch, **fractions)

@@ -13,7 +13,10 @@ Layout in MLflow (one experiment per search-space `name`):
   `raysl.epochs`, `raysl.stopped_at_epoch`, `raysl.best_value`, `raysl.best_epoch`,
   `raysl.reason`, `raysl.code_version`; a description); params = the dotted config keys that
   can affect it (`raysl.tracking.params`); metrics per epoch (step = completed epochs).
-  Completed and ASHA-stopped trials end FINISHED, failed ones FAILED.
+  Completed and ASHA-stopped trials end FINISHED, failed ones FAILED. The baseline trial is
+  tagged `raysl.baseline=true`; finalists' re-runs are children too (`raysl.kind=finalist`,
+  `raysl.finalist_of`, `raysl.seed`); a multi-objective study's front trials
+  `raysl.pareto=true` (`raysl.tracking.outcome`, `raysl.tracking.pareto`).
 - each trial and the parent have the dataset as an MLflow input, each trial its config as
   `config.yaml` (`raysl.tracking.inputs`); a completed study's parent gets the winner's
   test-split metrics `test/*`, the logged model `encoder` and, with `tune.register`, a

@@ -108,8 +108,15 @@ def trial_note(
     return "\n".join(lines)
 
 
-def study_summary(rows: Sequence[Mapping[str, Any]], metric: str, trials: int | None = None) -> str:
-    """`8 trials: 3 completed, 5 stopped; best #3 97.9 % (val/knn_top1, last epoch)`."""
+def study_summary(
+    rows: Sequence[Mapping[str, Any]],
+    metric: str,
+    trials: int | None = None,
+    objectives: Sequence[tuple[str, str]] = (),
+) -> str:
+    """`8 trials: 3 completed, 5 stopped; best #3 97.9 % (val/knn_top1, last epoch)`; with
+    finalists `best #3 97.5 ± 0.3 % over 3 seeds (val/knn_top1, mean)`; with several
+    `objectives` `Pareto front (val/knn_top1 max, cost/device_hours min): #2, #4`."""
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
@@ -117,12 +124,25 @@ def study_summary(rows: Sequence[Mapping[str, Any]], metric: str, trials: int | 
     parts = [f"{counts[s]} {s}" for s in order if s in counts]
     parts += [f"{n} {s}" for s, n in counts.items() if s not in order]
     text = f"{trials if trials is not None else len(rows)} trials: " + ", ".join(parts or ["none"])
+    if len(objectives) > 1:
+        goals = ", ".join(f"{m} {mode}" for m, mode in objectives)
+        front = [_label(r) for r in rows if r.get("pareto")]
+        return text + f"; Pareto front ({goals}): {', '.join(front) or 'none'}"
     best = rows[0] if rows else None
-    if best is not None and best.get(metric) is not None:
-        label = f"#{best['number']}" if best.get("number") is not None else str(best["trial_id"])
-        unit = " %" if metric.endswith(("top1", "top5", "acc")) else ""
-        text += f"; best {label} {number(best[metric], metric)}{unit} ({metric}, last epoch)"
+    unit = " %" if metric.endswith(("top1", "top5", "acc")) else ""
+    if best is not None and best.get("seeds"):
+        std = best.get("std_over_seeds")
+        spread = f" ± {number(std, metric)}" if std is not None else ""
+        mean = number(best["mean_over_seeds"], metric)
+        text += f"; best {_label(best)} {mean}{spread}{unit} over {best['seeds']} seeds"
+        text += f" ({metric}, mean)"
+    elif best is not None and best.get(metric) is not None:
+        text += f"; best {_label(best)} {number(best[metric], metric)}{unit} ({metric}, last epoch)"
     return text
+
+
+def _label(row: Mapping[str, Any]) -> str:
+    return f"#{row['number']}" if row.get("number") is not None else str(row["trial_id"])
 
 
 def study_question(path: str | Path | None) -> str:

@@ -3,7 +3,7 @@
 At the end of a completed study (`finish_winner`), on the parent run:
 
 - **Test evaluation.** The best trial's checkpoint gets the final evaluation that `raysl
-  train` runs (`raysl.train.evaluate_checkpoint`: kNN on the test split with train + val as
+  train` runs (`raysl.final_eval.evaluate_checkpoint`: kNN on the test split with train + val as
   the bank; with `eval.linear_probe`, probes scored on val and on test). Trials never see the
   test split (`eval.test` is off in a study), so this is the first time it is used; logged as
   metrics `test/knn_top1` (and `val/linear_top1`, `test/linear_top1`) on the parent, with tag
@@ -58,8 +58,8 @@ def finish_winner(
     from raysl.batches import in_memory_feed
     from raysl.checkpoint import load_checkpoint
     from raysl.export import encoder_from_state
+    from raysl.final_eval import evaluate_checkpoint
     from raysl.runtime import Runtime
-    from raysl.train import evaluate_checkpoint
     from raysl.train_state import STATE_KEYS
 
     cfg = cfg.override({"eval.test": True})

@@ -34,12 +34,12 @@ MIN_TRIALS = 2  # importances and parallel coordinates need at least two trials 
 def write_optuna_plots(study: optuna.Study, out_dir: Path, metric: str | None = None) -> list[Path]:
     """Write `<plot>.png` for each of PLOTS into `out_dir`; returns the files.
 
-    Skipped, with a line in the log, when fewer than MIN_TRIALS trials reported, for a
-    multi-objective study, and per plot when Optuna cannot draw it (e.g. no varying parameter).
+    Skipped, with a line in the log, when fewer than MIN_TRIALS trials reported, and per plot
+    when Optuna cannot draw it (e.g. no varying parameter). A multi-objective study gets
+    `pareto_front.png` only (`write_pareto_plot`).
     """
     if len(study.directions) > 1:
-        logger.info("Optuna plots skipped: multi-objective study")
-        return []
+        return write_pareto_plot(study, out_dir)
     metric = metric or (study.metric_names or [None])[0] or "objective"
     copy, pruned = reported_study(study)
     count = sum(t.state.name == "COMPLETE" for t in copy.trials)
@@ -64,6 +64,40 @@ def write_optuna_plots(study: optuna.Study, out_dir: Path, metric: str | None = 
         else:
             written.append(path)
     return written
+
+
+def write_pareto_plot(study: optuna.Study, out_dir: Path) -> list[Path]:
+    """`pareto_front.png`: every complete trial by its objectives (axes named by the study's
+    metrics), the Pareto front highlighted (`optuna.visualization.matplotlib.plot_pareto_front`)."""
+    if "matplotlib.pyplot" not in sys.modules:
+        import matplotlib
+
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    import optuna.visualization.matplotlib as vis
+
+    if sum(t.state.name == "COMPLETE" for t in study.trials) < 1:
+        logger.info("Pareto-front plot skipped: no complete trial")
+        return []
+    names = study.metric_names or [f"objective {i}" for i in range(len(study.directions))]
+    goals = [f"{n} ({d.name.lower()[:3]})" for n, d in zip(names, study.directions, strict=True)]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "pareto_front.png"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            ax = vis.plot_pareto_front(study, target_names=goals)
+        ax.set_title(f"Pareto front: {', '.join(goals)}")
+        legend = ax.get_legend()
+        for text in legend.get_texts() if legend is not None else ():
+            text.set_text({"Best Trial": "on the Pareto front"}.get(text.get_text(), "trial"))
+        ax.figure.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(ax.figure)
+    except Exception as error:  # an optional extra must not end the study
+        logger.info("Pareto-front plot skipped: %s: %s", type(error).__name__, error)
+        return []
+    return [path]
 
 
 def reported_study(study: optuna.Study) -> tuple[optuna.Study, int]:

@@ -49,9 +49,11 @@ def resolve_tracking_uri(cli_value: str | None = None) -> str:
     where = "--tracking-uri" if cli_value else "MLFLOW_TRACKING_URI"
     value = (cli_value or os.environ.get("MLFLOW_TRACKING_URI") or "").strip()
     if not value:
+        check_sqlite_file(Path.cwd() / DEFAULT_DB, f"{DEFAULT_DB} (the default store)")
         return sqlite_uri(Path.cwd() / DEFAULT_DB)
     if "://" not in value:
         if value.endswith(".db"):
+            check_sqlite_file(Path(value), where)
             return sqlite_uri(Path(value))
         if value.startswith("databricks"):
             return value
@@ -73,10 +75,56 @@ def resolve_tracking_uri(cli_value: str | None = None) -> str:
                     key=where,
                 )
             )
+        check_sqlite_file(Path(path), where)
         return sqlite_uri(Path(path))
     if scheme in ("http", "https"):
         return value.rstrip("/")
+    if scheme.split("+", 1)[0] not in TRACKING_SCHEMES:
+        raise ConfigError(
+            Problem(
+                f"MLflow cannot store runs at {value[:120]!r} (scheme {scheme[:40]}://); give "
+                "http://HOST:PORT for an MLflow server or sqlite:///PATH/mlflow.db (also: "
+                f"{', '.join(s + '://' for s in TRACKING_SCHEMES if s not in ('http', 'https', 'sqlite'))})",
+                key=where,
+            )
+        )
     return value
+
+
+# The schemes of MLflow's tracking-store registry (`mlflow.tracking._tracking_service.utils`:
+# file, databricks, http(s), and the SQLAlchemy databases, with an optional `+driver`).
+TRACKING_SCHEMES = ("http", "https", "sqlite", "file", "databricks", "postgresql", "mysql", "mssql")
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def check_sqlite_file(path: Path, where: str) -> None:
+    """Refuse a store path that holds something other than an SQLite database (an empty file
+    is one MLflow fills)."""
+    path = path.expanduser()
+    if path.is_dir():
+        raise ConfigError(
+            Problem(
+                f"{path} is a directory, not an SQLite file; give sqlite:///PATH/mlflow.db",
+                key=where,
+            )
+        )
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_SQLITE_MAGIC))
+    except (FileNotFoundError, NotADirectoryError):  # a new store (its directory: checked by tune)
+        return
+    except OSError as error:
+        raise ConfigError(
+            Problem(f"cannot read {path} ({error.strerror}); fix its permissions", key=where)
+        ) from None
+    if head and head != _SQLITE_MAGIC:
+        raise ConfigError(
+            Problem(
+                f"{path} is not an SQLite database (it starts with {head[:8]!r}); move it away "
+                "or give another sqlite:///PATH/mlflow.db",
+                key=where,
+            )
+        )
 
 
 def sqlite_uri(path: Path) -> str:

@@ -13,9 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from raysl.yamlio import flatten, parse_value, unflatten
+from raysl.yamlio import parse_value
 
 logger = logging.getLogger(__name__)
 
@@ -73,13 +71,14 @@ class StudyArtifacts:
                 return
             params = self.client.get_run(run_id).data.params
             config = {k: parse_value(v) for k, v in params.items()}
-        doc = {
-            "name": best.get("name") or f"{self.experiment}_best",
-            "description": f"best trial {best.get('trial_id', '?')} of study {self.study_name}",
-            "config": unflatten(flatten(config)),
-        }
+        from raysl.runfile import run_file_text
+
+        description = best.get("description") or (
+            f"best trial {best.get('trial_id', '?')} of study {self.study_name}"
+        )
+        text = run_file_text(best.get("name") or f"{self.experiment}_best", description, config)
         path = tmp / "best_config.yaml"
-        path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+        path.write_text(text, encoding="utf-8")
         self.client.log_artifact(self.parent_run_id, str(path))
 
     def _log_checkpoint(self, path: Path) -> None:

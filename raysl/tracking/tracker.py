@@ -183,8 +183,19 @@ class StudyTracker(TrialRuns, StudyArtifacts):
         from raysl.tracking.ranking import Study
 
         with self._lock:
-            trials = [r for r in self._children() if r.data.tags.get("raysl.kind") == "trial"]
-            return Study(self.experiment, self.client.get_run(self.parent_run_id), trials)
+            children = self._children()
+            kinds = [r.data.tags.get("raysl.kind") for r in children]
+            trials = [r for r, kind in zip(children, kinds, strict=True) if kind == "trial"]
+            finalists = [r for r, kind in zip(children, kinds, strict=True) if kind == "finalist"]
+            parent = self.client.get_run(self.parent_run_id)
+            return Study(self.experiment, parent, trials, finalists)
+
+    def log_study_metrics(self, metrics: Mapping[str, float]) -> None:
+        """One-point metrics on the parent run (e.g. `study/gain_over_baseline`)."""
+        from raysl.tracking.batch import log_metrics
+
+        with self._lock:
+            log_metrics(self.client, self.parent_run_id, metrics, 0)
 
     # ---- helpers --------------------------------------------------------------------------
     def _experiment(self, description: str) -> str:

@@ -56,6 +56,7 @@ class TrialRuns:
         config: Mapping[str, Any],
         searched: Mapping[str, Any] | Iterable[str],
         number: int | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> str:
         """Create (or, for a trial seen before, reopen) the trial's child run; returns its id.
 
@@ -64,7 +65,9 @@ class TrialRuns:
         `searched` names the keys the searcher chose (tag `raysl.searched`), or maps them to
         their values (shown in the description). `number` is the Optuna trial number: the run
         is named `#<number> running` (`trial_name` without one) and tagged `raysl.optuna_trial`.
+        `tags` are extra tags (`raysl.baseline`; a finalist's `raysl.kind=finalist`).
         """
+        extra = dict(tags or {})
         values = dict(searched) if isinstance(searched, Mapping) else {}
         keys = sorted(searched)
         params = relevant_params(flatten(config), keys)
@@ -76,7 +79,7 @@ class TrialRuns:
             name = trial_run_name(number, "running", fallback=trial_name)
             self._about[trial_id] = {"number": number, "searched": values, "name": trial_name}
             note = trial_note(self.study_name, number, trial_id, values, "running")
-            tags = {"raysl.status": "running", "mlflow.note.content": note}
+            tags = {"raysl.status": "running", "mlflow.note.content": note, **(extra or {})}
             if number is not None:
                 tags["raysl.optuna_trial"] = str(number)
             if self.metric:
@@ -101,6 +104,7 @@ class TrialRuns:
                     "raysl.kind": "trial",
                     "raysl.trial_id": trial_id,
                     "raysl.searched": ",".join(keys),
+                    **(extra or {}),
                 },
             )
             run_id = run.info.run_id

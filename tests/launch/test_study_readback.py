@@ -135,7 +135,10 @@ def test_parent_run(study: dict, tmp_path: Path) -> None:
         f"6 trials: {counts['completed']} completed, {counts['stopped']} stopped; "
         f"best #{best['number']} {best['val/knn_top1']:.1f} % (val/knn_top1, last epoch)"
     )
-    assert tags["raysl.summary"] == summary and summary in study["stdout"]
+    # then what the search gained over the baseline (trial #0, the base config)
+    assert tags["raysl.summary"].startswith(summary + "; ")
+    assert "the baseline #0" in tags["raysl.summary"].removeprefix(summary)
+    assert tags["raysl.summary"] in " ".join(study["stdout"].split())  # wrapped at words
     assert (
         QUESTION in tags["mlflow.note.content"] and "More text" not in tags["mlflow.note.content"]
     )
@@ -149,7 +152,9 @@ def test_parent_run(study: dict, tmp_path: Path) -> None:
     down = Path(client.download_artifacts(parent.info.run_id, "leaderboard.json", str(tmp_path)))
     table = json.loads(down.read_text())
     assert table["columns"][:5] == ["#", "trial", "status", "val/knn_top1 last", "best (epoch)"]
-    assert [r[1] for r in table["data"]] == [f"#{r['number']}" for r in study["board"]]
+    labels = [f"#{r['number']}" + (" base" if r["baseline"] else "") for r in study["board"]]
+    assert [r[1] for r in table["data"]] == labels
+    assert sum(r["baseline"] for r in study["board"]) == 1  # the base config, marked
     # the terminal's leaderboard lists the same trials in the same order
     lines = study["stdout"].splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("───")) + 1

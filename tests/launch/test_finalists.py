@@ -1,0 +1,127 @@
+"""Finalists: the K best full-budget trials re-run with S other seeds, through Ray, in MLflow.
+
+Real Ray, Optuna and MLflow on a tiny CPU study (4 trials, top 2, seeds 2): exactly K x S
+extra fits, each the original config with seed + 1 ... + S, as nested runs that the
+leaderboard does not count as trials; the leaderboard ranks the finalists first by the mean
+the test computes from MLflow (the original counts as one seed), and `best_config.yaml` is
+the winner's config.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import run_cli
+from tests.launch.test_ray_tune import study_file
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+NAME = "finalist_study"
+TOP, SEEDS, EPOCHS = 2, 2, 2
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    tmp = tmp_path_factory.mktemp("finalists")
+    space = study_file(tmp, name=NAME, num_samples=4, scheduler="none")
+    doc = yaml.safe_load(space.read_text())
+    doc["config"]["epochs"] = EPOCHS
+    doc["tune"]["finalists"] = {"top": TOP, "seeds": SEEDS}
+    space.write_text(yaml.safe_dump(doc, sort_keys=False))
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    out, storage = tmp / "runs" / NAME, tmp / "storage"
+    proc = run_cli(
+        "tune", str(space), "--out", str(out), "--storage", str(storage),
+        "--tracking-uri", uri, "-q", cwd=tmp,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = run_cli("report", NAME, "--tracking-uri", uri, "--out", str(tmp / "r"), cwd=tmp)
+    assert report.returncode == 0, report.stderr[-3000:]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(NAME)
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    kinds: dict[str, list] = {}
+    for run in runs:
+        kinds.setdefault(run.data.tags.get("raysl.kind", ""), []).append(run)
+    return {
+        "client": client, "tmp": tmp, "out": out, "storage": storage, "stdout": proc.stdout,
+        "report": report.stdout, "parent": kinds["study"][0], "trials": kinds["trial"],
+        "finalists": kinds.get("finalist", []),
+        "board": json.loads((out / "leaderboard.json").read_text()),
+    }  # fmt: skip
+
+
+def test_exactly_k_times_s_fits_with_the_other_seeds(study: dict) -> None:
+    trials, finalists = study["trials"], study["finalists"]
+    assert len(trials) == 4 and len(finalists) == TOP * SEEDS
+    by_id = {r.data.tags["raysl.trial_id"]: r for r in trials}
+    completed = sorted(
+        (r for r in trials if r.data.tags["raysl.status"] == "completed"),
+        key=lambda r: (-r.data.metrics["val/knn_top1"], r.data.tags["raysl.trial_id"]),
+    )
+    top = {r.data.tags["raysl.trial_id"] for r in completed[:TOP]}
+    assert {f.data.tags["raysl.finalist_of"] for f in finalists} == top
+    for of in top:
+        reruns = [f for f in finalists if f.data.tags["raysl.finalist_of"] == of]
+        assert sorted(int(f.data.params["seed"]) for f in reruns) == [1, 2]  # seed 0 + 1, + 2
+        original = by_id[of].data.params
+        for rerun in reruns:
+            assert rerun.data.tags["mlflow.parentRunId"] == study["parent"].info.run_id
+            assert (
+                rerun.info.status == "FINISHED" and rerun.data.tags["raysl.status"] == "completed"
+            )
+            assert {k: v for k, v in rerun.data.params.items() if k != "seed"} == {
+                k: v for k, v in original.items() if k != "seed"
+            }
+            seed = rerun.data.tags["raysl.seed"]
+            number = by_id[of].data.tags["raysl.optuna_trial"]
+            assert rerun.info.run_name.startswith(f"#{number} seed {seed} val ")
+            history = study["client"].get_metric_history(rerun.info.run_id, "val/knn_top1")
+            assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1))
+    # through Ray: a second Tuner in the study's storage, one Tune trial per fit
+    fits = list((study["storage"] / f"{NAME}-finalists").glob("_fit_trial_*"))
+    assert len(fits) == TOP * SEEDS, fits
+
+
+def test_ranked_by_the_mean_over_seeds(study: dict) -> None:
+    values: dict[str, list[float]] = {}
+    for run in study["trials"]:
+        values[run.data.tags["raysl.trial_id"]] = [run.data.metrics["val/knn_top1"]]
+    for run in study["finalists"]:
+        values[run.data.tags["raysl.finalist_of"]].append(run.data.metrics["val/knn_top1"])
+    finalists = {k: v for k, v in values.items() if len(v) == 1 + SEEDS}
+    # by the mean; a tie (kNN on 26 val images moves in steps) by the trial's own last value
+    expected = sorted(
+        finalists, key=lambda k: (-statistics.mean(finalists[k]), -finalists[k][0], k)
+    )
+    board = study["board"]
+    assert [r["trial_id"] for r in board[:TOP]] == expected  # finalists first, by their mean
+    for row in board[:TOP]:
+        seeds = finalists[row["trial_id"]]
+        assert row["seeds"] == 1 + SEEDS
+        assert row["mean_over_seeds"] == pytest.approx(statistics.mean(seeds))
+        assert row["std_over_seeds"] == pytest.approx(statistics.stdev(seeds))
+    assert all(r["seeds"] is None for r in board[TOP:]) and len(board) == 4  # trials only
+    winner = board[0]
+    cell = f"{winner['mean_over_seeds']:.2f} ± {winner['std_over_seeds']:.2f} ({1 + SEEDS})"
+    assert cell in study["stdout"] and cell in study["report"]
+    summary = study["parent"].data.tags["raysl.summary"]
+    assert f"over {1 + SEEDS} seeds (val/knn_top1, mean)" in summary
+    assert summary in " ".join(study["stdout"].split())  # wrapped at words on the terminal
+    assert study["parent"].data.tags["raysl.best_trial_id"] == winner["trial_id"]
+    # best_config.yaml is the winner's config, with its own seed
+    client, parent = study["client"], study["parent"]
+    path = client.download_artifacts(parent.info.run_id, "best_config.yaml", str(study["tmp"]))
+    config = yaml.safe_load(Path(path).read_text())["config"]
+    assert config["seed"] == 0
+    assert config["optim"]["lr"] == pytest.approx(winner["optim.lr"])
+    assert config["loss"]["infonce"]["temperature"] == pytest.approx(
+        winner["loss.infonce.temperature"]
+    )
