@@ -118,3 +118,17 @@ def tiny_config(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _no_tracking_uri_leak() -> Any:
+    """A test that calls `mlflow.set_tracking_uri` in this process exports MLFLOW_TRACKING_URI;
+    put the environment back so later tests (and the commands they start) use their own store."""
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    before = {key: os.environ.get(key) for key in keys}
+    yield
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

@@ -39,10 +39,12 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
     import mlflow
 
-    mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(
-        experiment_names=[NAME], output_format="list", max_results=1000
-    )  # what the UI lists
+    from raysl.tracking.model import _fluent_uri
+
+    with _fluent_uri(uri):  # set_tracking_uri exports MLFLOW_TRACKING_URI: not past this block
+        runs = mlflow.search_runs(
+            experiment_names=[NAME], output_format="list", max_results=1000
+        )  # what the UI lists
     parent = next(r for r in runs if r.data.tags.get("raysl.kind") == "study")
     trials = [r for r in runs if r.data.tags.get("raysl.kind") == "trial"]
     state = json.loads((out / "study.json").read_text())
