@@ -24,6 +24,9 @@ SCRIPTS: dict[str, tuple[list[str], str, list]] = {
     "bench_losses.py": (["--smoke"], "mean_shift (CMSF 2q)", []),
     "bench_fashion_mnist.py": (["--smoke"], "margin over raw pixels", []),
     "bench_tune.py": (["--smoke"], "study wall / sum of fit time", [pytest.mark.slow, pytest.mark.ray]),
+    "bench_search.py": (
+        ["--smoke"], "budget fraction to reach random's final best", [pytest.mark.slow, pytest.mark.ray],
+    ),
     "bench_scaling.py": (
         ["--smoke"], "bytes sent per rank", [pytest.mark.slow, pytest.mark.ray, pytest.mark.dist],
     ),
@@ -155,3 +158,45 @@ def test_gpu_busy_sampler_reads_nvidia_smi(tmp_path: Path, monkeypatch) -> None:
     assert result is not None and result["gpu_busy_samples"] >= 3
     assert result["gpu_busy_mean"] == 87 and result["gpu_processes_max"] == 2
     assert GpuBusy(False).start().result() is None  # no GPU: no numbers, not zeros
+
+
+def test_search_curves_on_a_hand_made_table() -> None:
+    """bench_search's anytime curves, final bests and budget fractions against values worked
+    out by hand: results ordered by arrival (ties: trial, then epoch), cut at the budget,
+    paired with random search's final best of the same seed."""
+    import pandas as pd
+
+    sys.path.insert(0, str(BENCH))
+    import search_curves as sc
+
+    rows = [  # method, seed, trial, epoch, value, timestamp; budget 4 trial-epochs each
+        ("random", 0, 1, 1, 60.0, 20), ("random", 0, 0, 1, 50.0, 10), ("random", 0, 0, 2, 55.0, 30),
+        ("random", 0, 1, 2, 70.0, 40), ("random", 0, 2, 1, 80.0, 50),  # 5th: past the budget
+        ("random", 1, 0, 1, 60.0, 10), ("random", 1, 0, 2, 62.0, 20),  # spent 2 of 4
+        ("tpe_asha", 0, 0, 1, 65.0, 5), ("tpe_asha", 0, 1, 1, 72.0, 6),
+        ("tpe_asha", 0, 0, 2, 68.0, 6),  # same ms as trial 1's: trial 0 counts first
+        ("tpe_asha", 1, 0, 1, 61.0, 1), ("tpe_asha", 1, 1, 1, 63.0, 2),
+        ("pbt", 0, 0, 1, 40.0, 1), ("pbt", 0, 1, 1, 45.0, 2), ("pbt", 0, 0, 2, 50.0, 3),
+        ("pbt", 0, 1, 2, 55.0, 4), ("pbt", 1, 0, 1, 70.0, 1),
+    ]  # fmt: skip
+    table = pd.DataFrame(rows, columns=["method", "seed", "trial", "epoch", sc.METRIC, "timestamp"])
+    table = sc.with_spent(table.assign(budget=4))
+    study = table[(table["method"] == "tpe_asha") & (table["seed"] == 0)]
+    assert study[["trial", "epoch", "spent"]].values.tolist() == [[0, 1, 1], [0, 2, 2], [1, 1, 3]]
+    random0 = table[(table["method"] == "random") & (table["seed"] == 0)]
+    assert sc.curve(random0, 4).tolist() == [50.0, 60.0, 60.0, 70.0]  # 80 came after the budget
+    assert sc.curve(study, 4).tolist() == [65.0, 68.0, 72.0, 72.0]
+    random1 = table[(table["method"] == "random") & (table["seed"] == 1)]
+    assert sc.curve(random1, 4).tolist() == [60.0, 62.0, 62.0, 62.0]
+    rows_by = {r["method"]: r for r in sc.summarise(table)}
+    assert list(rows_by) == ["random", "tpe_asha", "pbt"]  # the order they came in
+    random, asha, pbt = rows_by["random"], rows_by["tpe_asha"], rows_by["pbt"]
+    assert random["final"] == [70.0, 62.0] and random["fraction"] == [1.0, 0.5]
+    assert random["trials"] == [2, 1] and random["spent"] == [4, 2]
+    assert asha["final"] == [72.0, 63.0] and asha["fraction"] == [0.75, 0.5]  # 70 at 3, 62 at 2
+    assert pbt["final"] == [55.0, 70.0] and pbt["fraction"] == [None, 0.25]
+    lines = sc.table_lines(list(rows_by.values()))
+    assert "66.00 ± 5.66 %" in lines[1] and "0.75 (1.00, 0.50)" in lines[1] and "2/4" in lines[1]
+    assert "0.62 (0.75, 0.50)" in lines[2]
+    assert "0.25, reached in 1 of 2 seeds (—, 0.25)" in lines[3]
+    assert sc.fraction_text([None, None]) == "not reached (—, —)"

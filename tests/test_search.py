@@ -71,6 +71,13 @@ MALFORMED = {
         ["tune.scheduler.asha.grace", "did you mean 'grace_period'"],
         "grace",
     ),
+    "unknown sampler": (
+        S,
+        T + "\n  sampler: bayes",
+        {},
+        ["tune.sampler", "tpe or random", "'bayes'"],
+        "sampler:",
+    ),
     "unknown scheduler": (
         S,
         "  scheduler: {hyperband: {max_t: 9}}",
@@ -361,6 +368,16 @@ def test_each_bad_input_is_one_clear_problem(tmp_path: Path, case: str) -> None:
     else:
         assert problems[0].where == str(path), message
         assert problems[0].line == line_of(path, marker), message
+
+
+def test_a_bad_sampler_exits_2_naming_the_key_and_creates_nothing(tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+
+    write(tmp_path, SEARCH, TUNE + "\n  sampler: grid")
+    proc = run_cli("tune", "t.yaml", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "tune.sampler: must be tpe or random" in proc.stderr and "'grid'" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.yaml"]
 
 
 def test_problems_of_one_stage_are_reported_together(tmp_path: Path) -> None:

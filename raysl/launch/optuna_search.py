@@ -148,7 +148,8 @@ def _epoch(result: dict, default: int) -> int:
 
 def make_searcher(spec: Any, out: Path, study_name: str) -> StudySearch:
     """TPE (multivariate, grouped, constant liar, seeded) over `spec.sample`, stored in a
-    journal; with `tune.baseline`, the base config (`spec.baseline()`) enqueued as trial 0."""
+    journal; with `tune.baseline`, the base config (`spec.baseline()`) enqueued as trial 0.
+    `tune.sampler: random`: Optuna's `RandomSampler`, seeded (random search)."""
     import optuna
 
     t = spec.tune
@@ -156,13 +157,16 @@ def make_searcher(spec: Any, out: Path, study_name: str) -> StudySearch:
     if t.baseline:
         params = {p.key: p for p in spec.params}
         baseline = {k: params[k].optuna_value(v) for k, v in spec.baseline().items()}
-    sampler = optuna.samplers.TPESampler(
-        seed=spec.tune.seed,
-        multivariate=True,
-        group=True,  # conditional spaces: model each set of co-occurring params jointly
-        constant_liar=True,  # concurrent trials do not all propose the same point
-        n_startup_trials=spec.tune.startup_trials,
-    )
+    if t.sampler == "random":
+        sampler: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler(seed=t.seed)
+    else:
+        sampler = optuna.samplers.TPESampler(
+            seed=spec.tune.seed,
+            multivariate=True,
+            group=True,  # conditional spaces: model each set of co-occurring params jointly
+            constant_liar=True,  # concurrent trials do not all propose the same point
+            n_startup_trials=spec.tune.startup_trials,
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return StudySearch(

@@ -206,6 +206,7 @@ def study_params(spec: SearchSpec) -> dict[str, Any]:
         "tune.workers": t.resources.workers, "tune.cpu": t.resources.cpu, "tune.gpu": t.resources.gpu,
         "tune.scheduler": _scheduler_text(t.scheduler),
     })  # fmt: skip
+    params["tune.sampler"] = t.sampler
     params["tune.baseline"] = t.baseline
     params["tune.finalists"] = (
         f"top {t.finalists.top}, seeds {t.finalists.seeds}" if t.finalists else "none"

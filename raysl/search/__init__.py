@@ -17,6 +17,7 @@ tune:
   seed: 0
   time_budget_s: null
   startup_trials: 4
+  sampler: tpe                                    # or random
   max_failures: 0                                 # retries of a trial (from its checkpoint)
   config: {epochs: 25}                            # base-config overrides for the trials only
   baseline: true                                  # trial 0 = the base config

@@ -210,6 +210,7 @@ class TuneSettings:
     seed: int = 0
     time_budget_s: float | None = None  # stop starting new trials after this many seconds
     startup_trials: int = 4  # random trials before TPE takes over
+    sampler: Literal["tpe", "random"] = "tpe"  # Optuna's sampler; random: the search's baseline
     # retries of a failed trial (e.g. its spot node was reclaimed), each from the trial's last
     # checkpoint; any error is retried, a diverged loss too (it will diverge again: keep it small)
     max_failures: int = 0

@@ -23,6 +23,7 @@ TUNE_KEYS = (
     "seed",
     "time_budget_s",
     "startup_trials",
+    "sampler",
     "max_failures",
     "register",
     "baseline",
@@ -33,6 +34,7 @@ RESOURCE_KEYS = ("cpu", "gpu", "workers")
 ASHA_KEYS = ("grace_period", "reduction_factor")
 PBT_KEYS = ("interval", "quantile", "resample", "mutate", "synch")
 SCHEDULERS = ("asha", "pbt", "none")
+SAMPLERS = ("tpe", "random")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")  # safe in models:/NAME/VERSION
 
 
@@ -77,6 +79,7 @@ def parse_tune(raw: Mapping[str, Any], out: Problems) -> TuneSettings:
         seed=out.integer(raw, "seed", "tune", d.seed),
         time_budget_s=None if budget is None else float(budget),
         startup_trials=out.integer(raw, "startup_trials", "tune", d.startup_trials, 0),
+        sampler=parse_sampler(raw.get("sampler", d.sampler), out),
         max_failures=out.integer(
             raw, "max_failures", "tune", d.max_failures, 0, ", retries of a failed trial"
         ),
@@ -84,6 +87,14 @@ def parse_tune(raw: Mapping[str, Any], out: Problems) -> TuneSettings:
         finalists=parse_finalists(raw.get("finalists"), out),
         objectives=objectives,
     )
+
+
+def parse_sampler(raw: Any, out: Problems) -> str:
+    """`tpe` (default) or `random` (Optuna's seeded RandomSampler: the search's baseline)."""
+    if raw in SAMPLERS:
+        return raw
+    out.add(f"must be tpe or random, Optuna's sampler (got {raw!r})", "tune.sampler")
+    return "tpe"
 
 
 def parse_resources(raw: Any, out: Problems) -> Resources:

@@ -56,3 +56,27 @@ def test_a_trial_told_before_the_driver_died_is_left_alone(tmp_path: Path) -> No
     (trial,) = load_optuna_study(tmp_path, "s").trials
     assert trial.state.name == "COMPLETE" and trial.value == 77.0  # the journal's answer stands
     assert trial.intermediate_values == {1: 50.0} and "mlflow_run_id" not in trial.user_attrs
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_tune_sampler_picks_optunas_sampler(tmp_path: Path, sampler: str) -> None:
+    """`tune.sampler: random` is Optuna's RandomSampler seeded by `tune.seed`: its trials are
+    the ones a plain Optuna study with that sampler asks for; `tpe` (default) is TPE."""
+    from raysl.launch.optuna_search import make_searcher
+    from raysl.search import load_search_spec
+
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "name: s\nconfig: {epochs: 2, data: {source: digits}, model: {backbone: convnet}}\n"
+        "search:\n  optim.lr: {loguniform: [0.01, 1.0]}\n"
+        f"tune: {{sampler: {sampler}, seed: 3, baseline: false, startup_trials: 0}}\n"
+    )
+    spec = load_search_spec(path)
+    assert spec.tune.sampler == sampler
+    search = make_searcher(spec, tmp_path, "s")
+    kind = {"random": optuna.samplers.RandomSampler, "tpe": optuna.samplers.TPESampler}[sampler]
+    assert type(search._ot_study.sampler) is kind
+    if sampler == "random":
+        lrs = [search.suggest(str(i))["optim.lr"] for i in range(3)]
+        plain = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+        assert lrs == [plain.ask().suggest_float("optim.lr", 0.01, 1.0, log=True) for _ in lrs]
