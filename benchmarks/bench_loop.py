@@ -12,8 +12,16 @@ against torchvision's per-sample pipeline, measured in one run.
     Target: raysl / bare >= 0.97.
 (2) Augmentation: `benchmarks/bench_augment.py`'s `measure` (raysl vs torchvision v2 per
     sample vs kornia, SimCLR, 2 views, 3x32x32). Target: raysl / torchvision >= 5.
+(3) The CPU step: `fit()` at its default (fp32, NCHW on CPU) against `fit()` with each CPU
+    option: `memory_format: channels_last`, `precision: bf16` (autocast), both, and
+    `compile: true`; with `--against REV`, also against the raysl of git revision REV itself
+    (checked out with `git worktree`, run in a subprocess: "the previous version"). Ratios
+    over the default and over REV, variants alternating within each repeat; img/s of the
+    last of 2 epochs (compilation and first-touch allocations fall in the first). None of
+    the options is the CPU default: each changes results (RESULTS.md, "The CPU step").
 
     python benchmarks/bench_loop.py [--steps 30] [--repeats 5] [--batch 256] [--width 16]
+    python benchmarks/bench_loop.py --against a95e676   # (3) also against that commit
     python benchmarks/bench_loop.py --smoke     # tiny sizes, a few seconds (the test suite)
 
 `bare_throughput` also takes a device, bf16 autocast, channels-last and torch.compile, so
@@ -23,8 +31,11 @@ against torchvision's per-sample pipeline, measured in one run.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -61,6 +72,76 @@ def raysl_throughput(cfg: Config) -> float:
     recorder = Recorder()
     fit(cfg, recorder)
     return recorder.epochs[-1]["train/throughput"]
+
+
+# (3): name -> overrides of make_config's config (the first is the reference)
+STEP_VARIANTS = {
+    "default": {},
+    "channels_last": {"memory_format": "channels_last"},
+    "bf16": {"precision": "bf16"},
+    "channels_last+bf16": {"memory_format": "channels_last", "precision": "bf16"},
+    "compile": {"compile": True},
+}
+_AGAINST = """import sys; sys.path[:0] = [{tree!r}, {tree!r} + "/benchmarks"]
+import bench_loop as b
+cfg = b.make_config({steps}, {batch}, {width}, fashion={fashion}).override({{"epochs": 2}})
+print(b.raysl_throughput(cfg))"""
+
+
+def against_throughput(tree: Path, steps: int, batch: int, width: int, fashion: bool) -> float:
+    """`raysl_throughput` of the raysl checked out at `tree`, in a fresh subprocess."""
+    code = _AGAINST.format(tree=str(tree), steps=steps, batch=batch, width=width, fashion=fashion)
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    return float(out.stdout.split()[-1])
+
+
+def step_variants(args: argparse.Namespace, tree: Path | None) -> None:
+    """(3): each variant's img/s and its ratio over `default`, alternating within repeats."""
+    base = make_config(args.steps, args.batch, args.width, fashion=not args.smoke)
+    names = [n for n in STEP_VARIANTS if n != "compile" or not args.no_compile]
+    runs: dict[str, list[float]] = {n: [] for n in [*names, *(["against"] if tree else [])]}
+    for _ in range(args.repeats):
+        for name in names:
+            cfg = base.override({"epochs": 2, **STEP_VARIANTS[name]})
+            runs[name].append(raysl_throughput(cfg))
+        if tree:
+            fashion = not args.smoke
+            runs["against"].append(
+                against_throughput(tree, args.steps, args.batch, args.width, fashion)
+            )
+    print(f"(3) the CPU step, fit() img/s ({torch.get_num_threads()} threads), last of 2 epochs:")
+    label = {"against": f"raysl {args.against}", "default": "default"}
+    for name, values in runs.items():
+        print(f"    {label.get(name, name):22s} {spread(values)}")
+    for ref in ["default", *(["against"] if tree else [])]:
+        for name in (n for n in names if n != ref):
+            ratios = [a / b for a, b in zip(runs[name], runs[ref], strict=True)]
+            print(f"    ratio {name}/{label[ref]}: median {statistics.median(ratios):.2f} "
+                  f"(min {min(ratios):.2f}, max {max(ratios):.2f})")  # fmt: skip
+
+
+def loop_overhead(cfg: Config, repeats: int) -> None:
+    """(1): raysl's `fit()` against the bare loop, alternating."""
+    raysl, bare, ratios = [], [], []
+    for _ in range(repeats):
+        raysl.append(raysl_throughput(cfg))
+        bare.append(bare_throughput(cfg))
+        ratios.append(raysl[-1] / bare[-1])
+    print(f"(1) training step, img/s: raysl {spread(raysl)}; bare loop {spread(bare)}")
+    print(f"    ratio raysl/bare: median {statistics.median(ratios):.3f} "
+          f"(min {min(ratios):.3f}, max {max(ratios):.3f}); target >= 0.97")  # fmt: skip
+
+
+def worktree(rev: str, where: Path) -> Path:
+    """A detached checkout of `rev` of this repository under `where`."""
+    repo = Path(__file__).resolve().parents[1]
+    tree = where / "against"
+    subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", "-q", str(tree), rev],
+                   check=True)  # fmt: skip
+    return tree
 
 
 def bare_throughput(
@@ -147,26 +228,25 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--width", type=int, default=16)
-    parser.add_argument("--skip-augment", action="store_true")
+    parser.add_argument("--skip-loop", action="store_true", help="leave out (1)")
+    parser.add_argument("--skip-augment", action="store_true", help="leave out (2)")
+    parser.add_argument("--skip-step", action="store_true", help="leave out (3)")
+    parser.add_argument("--no-compile", action="store_true", help="(3) without torch.compile")
+    parser.add_argument("--against", metavar="REV", help="(3) also against raysl at git REV")
     parser.add_argument(
         "--smoke", action="store_true", help="tiny sizes, a few seconds (what the tests run)"
     )
     args = parser.parse_args()
     if args.smoke:
         args.steps, args.repeats, args.batch, args.width = 3, 1, 32, 8
+        args.no_compile = True  # compiling takes a minute: not a smoke test's job
 
     cfg = make_config(args.steps, args.batch, args.width, fashion=not args.smoke)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, data {cfg.data.source}, "
           f"batch {args.batch}, {args.steps} steps, convnet width {args.width}")  # fmt: skip
     bare_throughput(cfg)  # warm-up: first-touch allocations, lazy imports
-    raysl, bare, ratios = [], [], []
-    for _ in range(args.repeats):
-        raysl.append(raysl_throughput(cfg))
-        bare.append(bare_throughput(cfg))
-        ratios.append(raysl[-1] / bare[-1])
-    print(f"(1) training step, img/s: raysl {spread(raysl)}; bare loop {spread(bare)}")
-    print(f"    ratio raysl/bare: median {statistics.median(ratios):.3f} "
-          f"(min {min(ratios):.3f}, max {max(ratios):.3f}); target >= 0.97")  # fmt: skip
+    if not args.skip_loop:
+        loop_overhead(cfg, args.repeats)
 
     if not args.skip_augment:
         from bench_augment import measure
@@ -181,6 +261,18 @@ def main() -> None:
             print(f"    {name:12s} skipped: {why}")
         for name, value in result["ratio"].items():
             print(f"    ratio {name}: {value:.1f}x; target raysl/torchvision >= 5")
+
+    if not args.skip_step:
+        if not args.against:
+            return step_variants(args, None)
+        with tempfile.TemporaryDirectory(prefix="raysl-against-") as tmp:
+            tree = worktree(args.against, Path(tmp))
+            try:
+                step_variants(args, tree)
+            finally:
+                repo = Path(__file__).resolve().parents[1]
+                subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(tree)],
+                               check=False)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -240,6 +240,8 @@ class Config(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA
     compile: bool = False  # torch.compile the online network
+    # auto: NHWC on CUDA, NCHW on CPU (raysl.runtime.use_channels_last says why)
+    memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
     log_every: PositiveInt = 20  # steps between progress updates and step records
     data: DataConfig = DataConfig()
     augment: AugmentConfig = AugmentConfig()

@@ -72,3 +72,14 @@ def place_images(images: torch.Tensor, device: torch.device, policy: str) -> tor
 def autocast(device: torch.device, enabled: bool) -> AbstractContextManager:
     """bf16 autocast on `device`, or nothing."""
     return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
+
+
+def use_channels_last(setting: str, device: torch.device) -> bool:
+    """Whether the model and its inputs are NHWC (`memory_format`): `auto` on CUDA only.
+
+    On CPU (PyTorch 2.14, oneDNN) channels-last convolutions are ~1.4x faster, but
+    channels-last batch norm is less exact: the small ConvNet's fp32 gradients came out ~1e-2
+    off float64 (NCHW: ~1e-5), and kNN accuracy fell 1.8 points over 3 seeds
+    (benchmarks/RESULTS.md, "The CPU step"). `channels_last` opts in anyway.
+    """
+    return setting == "channels_last" or (setting == "auto" and device.type == "cuda")

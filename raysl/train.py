@@ -35,7 +35,7 @@ from raysl.losses import build_criterion
 from raysl.models import build_model, convert_sync_batchnorm
 from raysl.optim import build_optimizer
 from raysl.reporting import Reporter, RunInfo
-from raysl.runtime import Runtime
+from raysl.runtime import Runtime, use_channels_last
 from raysl.train_state import (
     STATE_KEYS,
     encoder_info,
@@ -142,8 +142,10 @@ class _Run:
         if rt.world_size > 1 and cfg.model.sync_bn:
             model = convert_sync_batchnorm(model, rt.device)
         self.cuda = rt.device.type == "cuda"
+        self.channels_last = use_channels_last(cfg.memory_format, rt.device)
         self.model = model.to(
-            rt.device, memory_format=torch.channels_last if self.cuda else torch.preserve_format
+            rt.device,
+            memory_format=torch.channels_last if self.channels_last else torch.preserve_format,
         )
         online: torch.nn.Module = self.model.online
         if rt.world_size > 1:

@@ -43,7 +43,7 @@ def train_step(
         generator = torch.Generator().manual_seed(step_key ^ _MIX_STREAM)  # same on every rank
         mixed, mix_lam, mix_index = run.mixer.mix(views[: run.mixer.mixed_views], generator)
         inputs = torch.cat([inputs, mixed.flatten(0, 1)])
-    if run.cuda:
+    if run.channels_last:
         inputs = inputs.contiguous(memory_format=torch.channels_last)
     with autocast(device, run.autocast):
         h, z, p, z_sub = run.online(inputs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import sys
@@ -132,3 +133,47 @@ def _no_tracking_uri_leak() -> Any:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+# ---- refused commands (tests/test_hostile_input*.py, tests/launch/test_faults_more.py) ----
+def snapshot(root: Path) -> dict[str, str]:
+    """Every path under `root` with a hash of its bytes ("dir" for directories)."""
+    tree = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        tree[rel] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+    return tree
+
+
+def one_line(err: str, says: tuple[str, ...]) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ") and "Traceback" not in err, err
+    for text in says:
+        assert text in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def refused(tmp_path: Path, monkeypatch, capsys):
+    """`refused(*args, says=(...))`: run `raysl ARGS` in tmp_path/work (this process, the real
+    entry point); it must exit 2 with one line saying `says`, and change nothing under tmp_path."""
+    from raysl.cli import main
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+
+    def run(*args: str, says: tuple[str, ...] = ()) -> str:
+        capsys.readouterr()
+        before = snapshot(tmp_path)
+        with pytest.raises(SystemExit) as info:
+            main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        assert info.value.code == 2, (out, err)
+        assert "Traceback" not in out
+        line = one_line(err, says)
+        assert snapshot(tmp_path) == before, "a refused command changed the disk"
+        return line
+
+    return run

@@ -27,6 +27,7 @@ SCRIPTS: dict[str, tuple[list[str], str, list]] = {
     "bench_search.py": (
         ["--smoke"], "budget fraction to reach random's final best", [pytest.mark.slow, pytest.mark.ray],
     ),
+    "bench_studies.py": (["--smoke"], "| study winner |", [pytest.mark.slow, pytest.mark.ray]),
     "bench_scaling.py": (
         ["--smoke"], "bytes sent per rank", [pytest.mark.slow, pytest.mark.ray, pytest.mark.dist],
     ),

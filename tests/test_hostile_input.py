@@ -10,7 +10,6 @@ need a process of their own (dropped privileges, a checkpoint that would run cod
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import pickle
 import shutil
@@ -24,53 +23,12 @@ import numpy as np
 import pytest
 import yaml
 
-from raysl.cli import main
 from raysl.errors import ConfigError
 from raysl.yamlio import unflatten
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, one_line, run_cli, snapshot
 from tests.data.data_fakes import write_fashion, write_png
 
 GOOD = {"name": "good", "config": unflatten({**TINY, "epochs": 1})}
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every path under `root` with a hash of its bytes ("dir" for directories)."""
-    tree = {}
-    for path in sorted(root.rglob("*")):
-        rel = str(path.relative_to(root))
-        tree[rel] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
-    return tree
-
-
-def one_line(err: str, says: tuple[str, ...]) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: ") and "Traceback" not in err, err
-    for text in says:
-        assert text in lines[0], lines[0]
-    return lines[0]
-
-
-@pytest.fixture
-def refused(tmp_path: Path, monkeypatch, capsys):
-    """`refused(*args, says=(...))`: run `raysl ARGS` here; it must refuse and touch nothing."""
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.chdir(work)
-
-    def run(*args: str, says: tuple[str, ...] = ()) -> str:
-        capsys.readouterr()
-        before = snapshot(tmp_path)
-        with pytest.raises(SystemExit) as info:
-            main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        assert info.value.code == 2, (out, err)
-        assert "Traceback" not in out
-        line = one_line(err, says)
-        assert snapshot(tmp_path) == before, "a refused command changed the disk"
-        return line
-
-    return run
 
 
 def write(path: Path, doc) -> Path:

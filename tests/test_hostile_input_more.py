@@ -24,34 +24,10 @@ import pytest
 import yaml
 
 from raysl.cli import main
-from tests.conftest import REPO, run_cli
-from tests.test_hostile_input import GOOD, _with, one_line, snapshot, write
+from tests.conftest import REPO, one_line, run_cli, snapshot
+from tests.test_hostile_input import GOOD, _with, write
 
 ONPREM = REPO / "clusters" / "onprem.yaml"
-
-
-@pytest.fixture
-def refusal(tmp_path: Path, monkeypatch, capsys):
-    """`refusal(*args, says=(...))`: run `raysl ARGS` in tmp_path/work (this process, the real
-    entry point); it must exit 2 with one line saying `says`, and change nothing under tmp_path
-    (tests/test_hostile_input.py's `refused`)."""
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.chdir(work)
-
-    def run(*args, says: tuple[str, ...] = ()) -> str:
-        capsys.readouterr()
-        before = snapshot(tmp_path)
-        with pytest.raises(SystemExit) as info:
-            main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        assert info.value.code == 2, (out, err)
-        assert "Traceback" not in out
-        line = one_line(err, says)
-        assert snapshot(tmp_path) == before, "a refused command changed the disk"
-        return line
-
-    return run
 
 
 def _cli(*args: str, cwd: Path, **kwargs) -> subprocess.CompletedProcess[str]:
@@ -157,12 +133,12 @@ CANNOT_LEARN = {
 
 
 @pytest.mark.parametrize("case", list(CANNOT_LEARN))
-def test_a_config_that_cannot_learn_is_refused_naming_the_key(refusal, tmp_path: Path, case: str):
+def test_a_config_that_cannot_learn_is_refused_naming_the_key(refused, tmp_path: Path, case: str):
     flat, says = CANNOT_LEARN[case]
     path = write(tmp_path / f"{case}.yaml", _with(**flat))
-    line = refusal("train", path, says=says)
+    line = refused("train", path, says=says)
     assert f"{case}.yaml:" in line  # the file and the line of the key (or its section)
-    refusal("config", path, says=says)
+    refused("config", path, says=says)
 
 
 def test_what_can_learn_with_one_view_is_accepted(tmp_path: Path, capsys) -> None:
@@ -196,34 +172,34 @@ TOO_LATE = {
 
 @pytest.mark.parametrize("case", list(TOO_LATE))
 def test_cross_argument_problems_are_refused_before_anything_is_written(
-    refusal, tmp_path: Path, case: str
+    refused, tmp_path: Path, case: str
 ):
     flat, says = TOO_LATE[case]
     path = write(tmp_path / f"{case}.yaml", _with(**flat))
-    line = refusal("train", path, says=says)
+    line = refused("train", path, says=says)
     assert len(line) < 600, line  # a 5,000-character path is cut, not printed
     assert not (tmp_path / "work" / "runs").exists()
 
 
 # ---- item 5: disk and output faults -------------------------------------------------------------
-def test_outputs_that_cannot_be_written_are_refused_before_anything_starts(refusal, tmp_path: Path):
+def test_outputs_that_cannot_be_written_are_refused_before_anything_starts(refused, tmp_path: Path):
     run = write(tmp_path / "run.yaml", GOOD)
     study = _study(tmp_path)
     (tmp_path / "a_file").write_text("x")
-    refusal("train", run, "--out", tmp_path / "a_file" / "run", says=("--out", "a_file is a file", "cannot be created"))  # fmt: skip
-    refusal("train", run, "--out", tmp_path / "a_file", says=("--out", "a_file' is a file", "raysl train --help"))  # fmt: skip
+    refused("train", run, "--out", tmp_path / "a_file" / "run", says=("--out", "a_file is a file", "cannot be created"))  # fmt: skip
+    refused("train", run, "--out", tmp_path / "a_file", says=("--out", "a_file' is a file", "raysl train --help"))  # fmt: skip
     (tmp_path / "work" / "runs").write_text("not a directory")
-    refusal("train", run, says=("--out", "runs is a file", "runs/good"))
-    refusal("tune", study, says=("--out", "runs is a file"))
+    refused("train", run, says=("--out", "runs is a file", "runs/good"))
+    refused("tune", study, says=("--out", "runs is a file"))
     (tmp_path / "work" / "runs").unlink()
     (tmp_path / "work" / "mlflow.db").write_text("this is not a database\n")
-    refusal("tune", study, says=("mlflow.db", "is not an SQLite database", "move it away"))
-    refusal("report", "s", says=("mlflow.db", "is not an SQLite database"))
+    refused("tune", study, says=("mlflow.db", "is not an SQLite database", "move it away"))
+    refused("report", "s", says=("mlflow.db", "is not an SQLite database"))
     (tmp_path / "work" / "mlflow.db").unlink()
     db = tmp_path / "other.db"
-    refusal("tune", study, "--tracking-uri", "ftp://host/mlruns", says=("--tracking-uri", "scheme ftp://", "sqlite:///"))  # fmt: skip
-    refusal("tune", study, "--tracking-uri", f"sqlite:///{db}", "--storage", "foo://bucket/x", says=("--storage", "unknown scheme foo://", "s3://"))  # fmt: skip
-    refusal("train", run, "--workers", "1", "--storage", "foo://bucket/x", says=("--storage", "unknown scheme foo://"))  # fmt: skip
+    refused("tune", study, "--tracking-uri", "ftp://host/mlruns", says=("--tracking-uri", "scheme ftp://", "sqlite:///"))  # fmt: skip
+    refused("tune", study, "--tracking-uri", f"sqlite:///{db}", "--storage", "foo://bucket/x", says=("--storage", "unknown scheme foo://", "s3://"))  # fmt: skip
+    refused("train", run, "--workers", "1", "--storage", "foo://bucket/x", says=("--storage", "unknown scheme foo://"))  # fmt: skip
 
 
 def _unprivileged() -> list[str]:
@@ -356,11 +332,11 @@ def test_many_problems_are_cut_to_twenty_lines(tmp_path: Path, monkeypatch, caps
     assert lines[-1] == "… and 19,980 more problems"
 
 
-def test_a_ten_megabyte_run_file_is_refused_by_its_size(refusal, tmp_path: Path) -> None:
+def test_a_ten_megabyte_run_file_is_refused_by_its_size(refused, tmp_path: Path) -> None:
     path = tmp_path / "huge.yaml"
     path.write_bytes(b"name: h\nconfig:\n" + b"  # padding\n" * 900_000)
     started = time.monotonic()
-    refusal("train", path, says=("huge.yaml", "10.8 MB", "1.0 MB allowed"))
+    refused("train", path, says=("huge.yaml", "10.8 MB", "1.0 MB allowed"))
     assert time.monotonic() - started < 10
 
 
@@ -377,25 +353,25 @@ def test_a_ten_megabyte_run_file_is_refused_by_its_size(refusal, tmp_path: Path)
     ids=["corrupt", "empty", "list", "number", "run-id-list"],
 )
 def test_a_broken_study_json_on_resume_is_one_line(
-    refusal, tmp_path: Path, content: str, says: str
+    refused, tmp_path: Path, content: str, says: str
 ) -> None:
     out = tmp_path / "work" / "runs" / "s"
     out.mkdir(parents=True)
     (out / "study.json").write_text(content)
-    line = refusal("tune", _study(tmp_path), "--resume", says=(says, "without --resume"))
+    line = refused("tune", _study(tmp_path), "--resume", says=(says, "without --resume"))
     assert "runs/s/study.json" in line
 
 
-def test_a_checkpoint_holding_an_empty_dict_is_one_line(refusal, tmp_path: Path) -> None:
+def test_a_checkpoint_holding_an_empty_dict_is_one_line(refused, tmp_path: Path) -> None:
     import torch
 
     checkpoint = tmp_path / "run" / "checkpoints" / "epoch_0001"
     checkpoint.mkdir(parents=True)
     torch.save({}, checkpoint / "state.pt")
     (checkpoint / "meta.json").write_text(json.dumps({"epoch": 1}))
-    refusal("export", checkpoint, tmp_path / "enc", says=("state.pt", "missing config, model"))
+    refused("export", checkpoint, tmp_path / "enc", says=("state.pt", "missing config, model"))
     run = write(tmp_path / "run.yaml", {"name": "run", "config": _with()["config"]})
-    refusal(
+    refused(
         "train", run, "--out", tmp_path / "run", "--resume",
         says=("none of the 1 checkpoint(s) can be read", "missing"),
     )  # fmt: skip

@@ -157,18 +157,18 @@ def make_searcher(spec: Any, out: Path, study_name: str) -> StudySearch:
     if t.baseline:
         params = {p.key: p for p in spec.params}
         baseline = {k: params[k].optuna_value(v) for k, v in spec.baseline().items()}
-    if t.sampler == "random":
-        sampler: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler(seed=t.seed)
-    else:
-        sampler = optuna.samplers.TPESampler(
-            seed=spec.tune.seed,
-            multivariate=True,
-            group=True,  # conditional spaces: model each set of co-occurring params jointly
-            constant_liar=True,  # concurrent trials do not all propose the same point
-            n_startup_trials=spec.tune.startup_trials,
-        )
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # multivariate, group: "experimental" since Optuna 2
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if t.sampler == "random":
+            sampler: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler(seed=t.seed)
+        else:
+            sampler = optuna.samplers.TPESampler(
+                seed=spec.tune.seed,
+                multivariate=True,
+                group=True,  # conditional spaces: model each set of co-occurring params jointly
+                constant_liar=True,  # concurrent trials do not all propose the same point
+                n_startup_trials=spec.tune.startup_trials,
+            )
         return StudySearch(
             space=spec.sample,
             # several objectives: Optuna's multi-objective TPE (directions from the modes)

@@ -21,9 +21,8 @@ import psutil
 import pytest
 import yaml
 
-from tests.conftest import REPO, TINY
+from tests.conftest import REPO, TINY, one_line, snapshot
 from tests.launch.test_ray_tune import study_file
-from tests.test_hostile_input import one_line, snapshot
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import run_cli
-from tests.launch.test_ray_tune import _runs, study_file
+from tests.launch.test_ray_tune import run_and_read, study_file
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -33,22 +32,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
     doc["tune"]["mode"] = ["max", "min"]
     del doc["tune"]["scheduler"]  # none: a scheduler ranks by one metric
     space.write_text(yaml.safe_dump(doc, sort_keys=False))
-    uri = f"sqlite:///{tmp}/mlflow.db"
-    out = tmp / "runs" / NAME
-    proc = run_cli("tune", str(space), "--out", str(out), "--tracking-uri", uri, "-q", cwd=tmp)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = run_cli("report", NAME, "--tracking-uri", uri, "--out", str(tmp / "r"), cwd=tmp)
-    assert report.returncode == 0, report.stderr[-3000:]
-    parent, trials = _runs(uri, NAME)
-    from raysl.launch.optuna_search import load_optuna_study
-
-    state = json.loads((out / "study.json").read_text())
-    return {
-        "uri": uri, "tmp": tmp, "out": out, "stdout": proc.stdout, "report": report.stdout,
-        "parent": parent, "trials": trials,
-        "optuna": load_optuna_study(out, state["optuna_study"]),
-        "board": json.loads((out / "leaderboard.json").read_text()),
-    }  # fmt: skip
+    return run_and_read(tmp, space, NAME)
 
 
 def non_dominated(trials: list) -> set[int]:

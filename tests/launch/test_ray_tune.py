@@ -87,6 +87,28 @@ def _runs(uri: str, name: str) -> tuple[object, list]:
     return parents[0], children
 
 
+def run_and_read(tmp: Path, space: Path, name: str) -> dict:
+    """`raysl tune` the study file `space` in `tmp` (SQLite), then `raysl report` it; what the
+    study left: its stdout, the report's, the MLflow parent and trials, the Optuna study and
+    the leaderboard."""
+    from raysl.launch.optuna_search import load_optuna_study
+
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    out = tmp / "runs" / name
+    proc = run_cli("tune", str(space), "--out", str(out), "--tracking-uri", uri, "-q", cwd=tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = run_cli("report", name, "--tracking-uri", uri, "--out", str(tmp / "r"), cwd=tmp)
+    assert report.returncode == 0, report.stderr[-3000:]
+    parent, trials = _runs(uri, name)
+    state = json.loads((out / "study.json").read_text())
+    return {
+        "uri": uri, "tmp": tmp, "out": out, "stdout": proc.stdout, "report": report.stdout,
+        "parent": parent, "trials": trials,
+        "optuna": load_optuna_study(out, state["optuna_study"]),
+        "board": json.loads((out / "leaderboard.json").read_text()),
+    }  # fmt: skip
+
+
 def test_study_with_sqlite_tracking(tmp_path: Path) -> None:
     space = study_file(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
