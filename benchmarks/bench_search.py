@@ -73,6 +73,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import search_curves  # noqa: E402
+from study_runner import run_timed  # noqa: E402
 
 from raysl.search import load_search_spec  # noqa: E402
 from raysl.yamlio import unflatten  # noqa: E402
@@ -178,17 +179,8 @@ def write_space(directory: Path, method: str, seed: int, args: argparse.Namespac
 
 def run_one(directory: Path, method: str, seed: int, args: argparse.Namespace) -> pd.DataFrame:
     """Run one study; its epoch results read back from MLflow (one row each)."""
-    from mlflow.tracking import MlflowClient
-
-    from raysl.launch.ray_tune import run_study
-
     spec = load_search_spec(write_space(directory, method, seed, args))
-    uri, out = f"sqlite:///{directory}/mlflow.db", directory / "runs" / spec.name
-    started = time.perf_counter()
-    run_study(spec, out, str(directory / "runs"), uri, live=False)
-    wall = time.perf_counter() - started
-    parent = json.loads((out / "study.json").read_text())["parent_run_id"]
-    client = MlflowClient(uri)
+    _out, parent, client, wall = run_timed(spec, directory)
     experiment = client.get_experiment_by_name(spec.name)
     winner_test = client.get_run(parent).data.metrics.get("test/knn_top1", math.nan)
     query = f"tags.`raysl.kind` = 'trial' and tags.`mlflow.parentRunId` = '{parent}'"

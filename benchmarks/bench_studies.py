@@ -1,15 +1,16 @@
-"""Do raysl's studies find anything? Each study run for real, its winner retrained, measured.
+"""Do raysl's studies find anything? Each study run for real, its best trial retrained, measured.
 
 For each study file (default: search_spaces/mix_fashion_mnist.yaml, label-free, and
 search_spaces/mining_thresholds_fashion_mnist.yaml, a seed method):
 
 (1) the study runs to completion (`raysl.launch.ray_tune.run_study`: local Ray, Optuna,
     MLflow in SQLite; its baseline trial and finalists as the file says), timed;
-(2) its baseline (the file's base config: trial 0) and its winner (the study's
-    `best_config.yaml`, ranked by the finalists' mean when the file has finalists) are
-    retrained on the **full** training split (`data.train_fraction: 1`) with `--seeds` seeds
-    each, `--jobs` runs at a time on `--threads` threads each, at the study's epoch count
-    (or `--epochs`), every other key as the study trained it;
+(2) its baseline (the file's base config: trial 0) and its best tuned trial (the study's
+    winner, ranked by the finalists' mean when the file has finalists; when the baseline
+    wins, the best trial that is not the baseline, and the table says so) are retrained on
+    the **full** training split (`data.train_fraction: 1`) with `--seeds` seeds each, `--jobs`
+    runs at a time on `--threads` threads each, at the study's epoch count (or `--epochs`),
+    every other key as the study trained it (val kNN only at the end);
 (3) each retrained encoder: test kNN at k = 200 and k = 20 (bank = train + val, weighted
     cosine, T = 0.1) and the linear probe (raysl's: full-batch Adam on standardised frozen
     features, 100 epochs, trained on train + val, scored on test); raw pixels beside them with
@@ -17,7 +18,7 @@ search_spaces/mining_thresholds_fashion_mnist.yaml, a seed method):
 (4) Optuna's parameter importances (fANOVA, seed 0) over the study's completed trials.
 
 Prints one Markdown table per study (mean ± std over seeds; std is the sample std, n - 1),
-the winner's searched values and the importances, and writes it all to
+the tuned trial's searched values and the importances, and writes it all to
 `bench_studies.json` (`--out`). Nothing is chosen on the test split: the study ranks on val.
 
     python benchmarks/bench_studies.py                          # both studies (see RESULTS.md)
@@ -40,11 +41,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(HERE))
+
+from study_runner import run_timed  # noqa: E402
 
 from raysl.runfile import parse_overrides  # noqa: E402
 from raysl.search import load_search_spec  # noqa: E402
@@ -71,31 +73,32 @@ print("SUMMARY " + json.dumps(summary))"""
 
 
 def run_one_study(path: Path, work: Path, overrides: list[str]) -> dict[str, Any]:
-    """Run the study of `path`; its base and winning flat configs, importances and wall time."""
-    from mlflow.tracking import MlflowClient
-
-    from raysl.launch.ray_tune import run_study
-
+    """Run the study of `path` under `work` (or read it back when `work` holds it finished
+    already); its base and tuned flat configs, the leaderboard's rows, importances, wall time."""
     spec = load_search_spec(path, parse_overrides(overrides))
-    uri, out = f"sqlite:///{work}/mlflow.db", work / "runs" / spec.name
-    started = time.perf_counter()
-    run_study(spec, out, str(work / "runs"), uri, live=False)
-    wall = time.perf_counter() - started
-    parent = json.loads((out / "study.json").read_text())["parent_run_id"]
-    client = MlflowClient(uri)
-    best = yaml.safe_load(
-        Path(client.download_artifacts(parent, "best_config.yaml", str(work))).read_text()
-    )
-    from raysl.yamlio import flatten
+    out = work / "runs" / spec.name
+    if (out / "leaderboard.json").is_file():  # finished before: read it back, do not re-run
+        from mlflow.tracking import MlflowClient
 
+        parent = json.loads((out / "study.json").read_text())["parent_run_id"]
+        client = MlflowClient(f"sqlite:///{work}/mlflow.db")
+        info = client.get_run(parent).info
+        wall = ((info.end_time or info.start_time) - info.start_time) / 1000
+    else:
+        out, parent, client, wall = run_timed(spec, work)
     board = json.loads((out / "leaderboard.json").read_text())
     searched = [p.key for p in spec.params]
+    base = spec.base.to_flat()
+    # the best trial that is not the base config: the study's winner unless the baseline won
+    tuned = next((r for r in board if not r.get("baseline")), board[0])
+    kept = ("rank", "number", "status", "epochs", "baseline", "best", *FINALIST)
     return {
         "study": spec.name, "file": str(path), "wall_s": wall, "metric": spec.tune.metric,
-        "trials": len(board), "base": spec.base.to_flat(), "winner": flatten(best["config"]),
-        "winner_row": {k: v for k, v in board[0].items() if k in searched or "/" in k or k in
-                       ("rank", "number", "status", "epochs", "baseline", "best", *FINALIST)},
-        "baseline_row": next((r for r in board if r.get("baseline")), None),
+        "trials": len(board), "base": base, "baseline_won": bool(board[0].get("baseline")),
+        # a trial's config is the base with its sampled values (inactive `when` keys: base's)
+        "tuned": {**base, **{k: tuned[k] for k in searched if tuned.get(k) is not None}},
+        "tuned_row": {k: v for k, v in tuned.items() if k in searched or "/" in k or k in kept},
+        "winner_row": {k: v for k, v in board[0].items() if k in searched or "/" in k or k in kept},
         "importances": importances(out, spec.tune.metric),
         "parent_metrics": client.get_run(parent).data.metrics,
     }  # fmt: skip
@@ -132,13 +135,15 @@ def retrain(flat: dict[str, Any], threads: int) -> dict[str, float]:
 
 
 def retrain_all(study: dict[str, Any], args: argparse.Namespace) -> None:
-    """Baseline and winner on the full training split, `args.seeds` seeds each (in place)."""
+    """Baseline and the best tuned trial on the full training split, `args.seeds` seeds each
+    (in place)."""
     jobs = []
-    for which in ("baseline", "winner"):
-        flat = {**(study["base"] if which == "baseline" else study["winner"]), **FINAL}
+    for which in ("baseline", "tuned"):
+        flat = {**(study["base"] if which == "baseline" else study["tuned"]), **FINAL}
         flat.update({k: v for k, v in parse_overrides(args.set).items()})
         if args.epochs:
             flat["epochs"] = args.epochs
+        flat["eval.every"] = flat["epochs"]  # val kNN at the end only: nothing is chosen here
         jobs += [(which, seed, {**flat, "seed": seed}) for seed in range(args.seeds)]
     started = time.perf_counter()
     with ThreadPoolExecutor(args.jobs) as pool:
@@ -183,7 +188,7 @@ def mean_std(values: list[float]) -> str:
 
 def table(study: dict[str, Any]) -> list[str]:
     """The study's Markdown table and notes."""
-    n = sum(r["which"] == "winner" for r in study["retrained"])
+    n = sum(r["which"] == "tuned" for r in study["retrained"])
     lines = [f"### {study['study']} ({study['trials']} trials in {study['wall_s'] / 60:.1f} min; "
              f"retrained {study['retrain_epochs']} epochs on all data, {n} seeds each, "
              f"{study['retrain_wall_s'] / 60:.1f} min)", "",
@@ -191,12 +196,13 @@ def table(study: dict[str, Any]) -> list[str]:
              "|---" * (len(METRICS) + 1) + "|",
              "| raw pixels | " + " | ".join(f"{study['raw'].get(k, float('nan')):.2f}"
                                            for k in METRICS) + " |"]  # fmt: skip
-    for which, label in (("baseline", "baseline (trial 0's config)"), ("winner", "study winner")):
+    tuned = "best tuned trial (the baseline won)" if study["baseline_won"] else "study winner"
+    for which, label in (("baseline", "baseline (trial 0's config)"), ("tuned", tuned)):
         rows = [r for r in study["retrained"] if r["which"] == which]
         lines.append(
             f"| {label} | " + " | ".join(mean_std([r[k] for r in rows]) for k in METRICS) + " |"
         )
-    row = study["winner_row"]
+    row = study["tuned_row"]
     hidden = ("rank", "status", "best", "number", "baseline", "epochs", *FINALIST)
     shown = {k: v for k, v in row.items() if "/" not in k and k not in hidden}
     finalist = (
@@ -207,8 +213,15 @@ def table(study: dict[str, Any]) -> list[str]:
     )
     walls = [r["wall_s"] for r in study["retrained"] if r.get("wall_s")]
     each = f"; {statistics.median(walls) / 60:.1f} min per retraining" if walls else ""
-    lines += ["", f"winner: trial #{row.get('number')} ({study['metric']} "
-              f"{row.get(study['metric'], float('nan')):.2f} in the study{finalist}{each}): "
+    won = study["winner_row"]
+    lines += ["", f"study winner: trial #{won.get('number')}"
+              + (" (the baseline)" if study["baseline_won"] else "")
+              + f", {study['metric']} {won.get(study['metric'], float('nan')):.2f}"
+              + (f" (finalists' mean {won['mean_over_seeds']:.2f} ± {won['std_over_seeds'] or 0:.2f}"
+                 f" over {won['seeds']} seeds)" if won.get("mean_over_seeds") is not None else ""),
+              f"retrained as tuned: trial #{row.get('number')} ({row.get('status')} after "
+              f"{row.get('epochs')} epochs, {study['metric']} "
+              f"{row.get(study['metric'], float('nan')):.2f}{finalist}{each}): "
               + ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items()),
               "gain over the baseline trial in the study (val, low fidelity): "
               f"{_fmt(study['parent_metrics'].get('study/gain_over_baseline'))}",
