@@ -137,17 +137,26 @@ def retrain(flat: dict[str, Any], threads: int) -> dict[str, float]:
 def retrain_all(study: dict[str, Any], args: argparse.Namespace) -> None:
     """Baseline and the best tuned trial on the full training split, `args.seeds` seeds each
     (in place)."""
-    jobs = []
+    flats = {}
     for which in ("baseline", "tuned"):
         flat = {**(study["base"] if which == "baseline" else study["tuned"]), **FINAL}
         flat.update({k: v for k, v in parse_overrides(args.set).items()})
         if args.epochs:
             flat["epochs"] = args.epochs
         flat["eval.every"] = flat["epochs"]  # val kNN at the end only: nothing is chosen here
-        jobs += [(which, seed, {**flat, "seed": seed}) for seed in range(args.seeds)]
+        flats[which] = flat
+    # seed by seed, both configs: a run cut short still holds pairs
+    jobs = [(w, seed, {**flats[w], "seed": seed}) for seed in range(args.seeds) for w in flats]
     started = time.perf_counter()
+
+    def one(job: tuple[str, int, dict[str, Any]]) -> dict[str, float]:
+        summary = retrain(job[2], args.threads)
+        shown = ", ".join(f"{METRICS[k]} {summary[k]:.2f}" for k in METRICS if k in summary)
+        print(f"  {study['study']}: {job[0]} seed {job[1]}: {shown}", flush=True)
+        return summary
+
     with ThreadPoolExecutor(args.jobs) as pool:
-        summaries = list(pool.map(lambda job: retrain(job[2], args.threads), jobs))
+        summaries = list(pool.map(one, jobs))
     study["retrain_wall_s"] = time.perf_counter() - started
     study["retrain_epochs"] = jobs[0][2]["epochs"]
     study["retrained"] = [
