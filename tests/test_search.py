@@ -411,6 +411,15 @@ def test_a_study_loads_with_its_settings(tmp_path: Path) -> None:
     assert spec.base.eval.every == 1 and "eval.every set from 5 to 1" in spec.notes[0]
 
 
+def test_the_eval_every_note_names_the_scheduler_that_needs_it(tmp_path: Path) -> None:
+    asha = load_search_spec(write(tmp_path))
+    plain = load_search_spec(
+        write(tmp_path, tune=TUNE.replace("{asha: {grace_period: 2}}", "none"))
+    )
+    assert "ASHA" in asha.notes[0]
+    assert "ASHA" not in plain.notes[0] and "intermediate values" in plain.notes[0]
+
+
 def test_defaults_auto_concurrency_and_no_scheduler(tmp_path: Path) -> None:
     spec = load_search_spec(write(tmp_path, tune="  max_concurrent: auto\n  scheduler: none"))
     assert spec.tune.max_concurrent is None and spec.tune.scheduler is None
