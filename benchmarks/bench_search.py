@@ -27,8 +27,8 @@ trial-epochs for every method (`--trials` × `--epochs`); the anytime curves cou
 in the order the driver received the results (`search_curves.py` says exactly how, and how
 the final best and the budget fraction are computed). Trials run 2 at a time with 1 CPU each
 (PBT: the whole population, 2 CPUs shared): trial-epochs are what is compared, wall time only
-sizes the run. Also printed: the test kNN of each study's own winner (raysl's ranking, over
-the whole study: for TPE + ASHA that includes the trials past the budget).
+sizes the run. No study touches the test split (`eval.test: false`): what is compared is
+the search, on val.
 
 Sizing (2026-12-03, this 2-vCPU machine, quiet; `RESULTS.md`, "bench_search (not yet run)"):
 one trial-epoch of this config (training on 5,400 images of two views + the val kNN) takes

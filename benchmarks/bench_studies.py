@@ -83,7 +83,10 @@ def run_one_study(path: Path, work: Path, overrides: list[str]) -> dict[str, Any
         parent = json.loads((out / "study.json").read_text())["parent_run_id"]
         client = MlflowClient(f"sqlite:///{work}/mlflow.db")
         info = client.get_run(parent).info
-        wall = ((info.end_time or info.start_time) - info.start_time) / 1000
+        if info.status != "FINISHED":
+            raise SystemExit(f"{out}: the study did not finish (MLflow parent {info.status}); "
+                             "resume it with `raysl tune --resume` or give a new --work")  # fmt: skip
+        wall = (info.end_time - info.start_time) / 1000
     else:
         out, parent, client, wall = run_timed(spec, work)
     board = json.loads((out / "leaderboard.json").read_text())

@@ -124,7 +124,9 @@ def table_lines(rows: list[dict[str, Any]], reference: str = "random") -> list[s
             f"{r['method']:<10} {len(r['seeds']):>5} {spent:>12} {trials:>7}  {final:<36} "
             f"{fraction}"
         )
-    tests = [(r["method"], r["winner_test"]) for r in rows if r["winner_test"]]
+    # studies that ran no test evaluation (eval.test: false) log none: NaN, left out
+    tested = [(r["method"], [t for t in r["winner_test"] if not math.isnan(t)]) for r in rows]
+    tests = [(m, t) for m, t in tested if t]
     if tests:  # not cut at the budget; the test split no trial was ranked on
         each = ", ".join(f"{m} {mean_std(t)[0]:.2f} %" for m, t in tests)
         lines.append(f"test kNN of each study's winner (mean over seeds): {each}")

@@ -201,3 +201,7 @@ def test_search_curves_on_a_hand_made_table() -> None:
     assert "0.62 (0.75, 0.50)" in lines[2]
     assert "0.25, reached in 1 of 2 seeds (—, 0.25)" in lines[3]
     assert sc.fraction_text([None, None]) == "not reached (—, —)"
+    assert not any("test kNN" in line for line in lines)  # no winner_test column: no line
+    # studies without a test evaluation log NaN for their winner: no line, no crash
+    untested = sc.summarise(table.assign(winner_test=float("nan")))
+    assert not any("test kNN" in line for line in sc.table_lines(untested))
