@@ -30,7 +30,7 @@ the final best and the budget fraction are computed). Trials run 2 at a time wit
 sizes the run. No study touches the test split (`eval.test: false`): what is compared is
 the search, on val.
 
-Sizing (2026-12-03, this 2-vCPU machine, quiet; `RESULTS.md`, "bench_search (not yet run)"):
+Sizing (2026-12-03, this 2-vCPU machine, quiet; `RESULTS.md`, "bench_search"):
 one trial-epoch of this config (training on 5,400 images of two views + the val kNN) takes
 10.1 CPU-s on 1 thread (`--cost 3`: 9.6, 10.1, 10.5 s; start-up 0.5 s); in a real study 2
 trials at a time cost 5.6 s of wall per trial-epoch (4 trials × 3 epochs: 67 s of trials, plus
