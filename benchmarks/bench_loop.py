@@ -54,6 +54,7 @@ from raysl.reporting import Recorder
 from raysl.train import fit
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
+REPO = Path(__file__).resolve().parents[1]
 
 
 def make_config(steps: int, batch: int, width: int, fashion: bool = True) -> Config:
@@ -108,9 +109,8 @@ def step_variants(args: argparse.Namespace, tree: Path | None) -> None:
             cfg = base.override({"epochs": 2, **STEP_VARIANTS[name]})
             runs[name].append(raysl_throughput(cfg))
         if tree:
-            fashion = not args.smoke
             runs["against"].append(
-                against_throughput(tree, args.steps, args.batch, args.width, fashion)
+                against_throughput(tree, args.steps, args.batch, args.width, not args.smoke)
             )
     print(f"(3) the CPU step, fit() img/s ({torch.get_num_threads()} threads), last of 2 epochs:")
     label = {"against": f"raysl {args.against}", "default": "default"}
@@ -137,9 +137,8 @@ def loop_overhead(cfg: Config, repeats: int) -> None:
 
 def worktree(rev: str, where: Path) -> Path:
     """A detached checkout of `rev` of this repository under `where`."""
-    repo = Path(__file__).resolve().parents[1]
     tree = where / "against"
-    subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", "-q", str(tree), rev],
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(tree), rev],
                    check=True)  # fmt: skip
     return tree
 
@@ -270,8 +269,7 @@ def main() -> None:
             try:
                 step_variants(args, tree)
             finally:
-                repo = Path(__file__).resolve().parents[1]
-                subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(tree)],
+                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)],
                                check=False)  # fmt: skip
 
 

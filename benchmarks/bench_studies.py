@@ -46,7 +46,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
-from study_runner import run_timed  # noqa: E402
+from study_runner import run_timed, store_uri  # noqa: E402
 
 from raysl.runfile import parse_overrides  # noqa: E402
 from raysl.search import load_search_spec  # noqa: E402
@@ -81,7 +81,7 @@ def run_one_study(path: Path, work: Path, overrides: list[str]) -> dict[str, Any
         from mlflow.tracking import MlflowClient
 
         parent = json.loads((out / "study.json").read_text())["parent_run_id"]
-        client = MlflowClient(f"sqlite:///{work}/mlflow.db")
+        client = MlflowClient(store_uri(work))
         info = client.get_run(parent).info
         if info.status != "FINISHED":
             raise SystemExit(f"{out}: the study did not finish (MLflow parent {info.status}); "
@@ -95,28 +95,28 @@ def run_one_study(path: Path, work: Path, overrides: list[str]) -> dict[str, Any
     # the best trial that is not the base config: the study's winner unless the baseline won
     tuned = next((r for r in board if not r.get("baseline")), board[0])
     kept = ("rank", "number", "status", "epochs", "baseline", "best", *FINALIST)
+
+    def shown(row: dict[str, Any]) -> dict[str, Any]:  # searched values, metrics, ranking
+        return {k: v for k, v in row.items() if k in searched or "/" in k or k in kept}
+
     return {
         "study": spec.name, "file": str(path), "wall_s": wall, "metric": spec.tune.metric,
         "trials": len(board), "base": base, "baseline_won": bool(board[0].get("baseline")),
         # a trial's config is the base with its sampled values (inactive `when` keys: base's)
         "tuned": {**base, **{k: tuned[k] for k in searched if tuned.get(k) is not None}},
-        "tuned_row": {k: v for k, v in tuned.items() if k in searched or "/" in k or k in kept},
-        "winner_row": {k: v for k, v in board[0].items() if k in searched or "/" in k or k in kept},
-        "importances": importances(out, spec.tune.metric),
+        "tuned_row": shown(tuned), "winner_row": shown(board[0]),
+        "importances": importances(out),
         "parent_metrics": client.get_run(parent).data.metrics,
     }  # fmt: skip
 
 
-def importances(out: Path, metric: str) -> dict[str, float]:
+def importances(out: Path) -> dict[str, float]:
     """fANOVA importances of the study's Optuna journal (its completed trials)."""
-    import optuna
     from optuna.importance import FanovaImportanceEvaluator, get_param_importances
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
 
-    name = json.loads((out / "study.json").read_text())["optuna_study"]
-    storage = JournalStorage(JournalFileBackend(str(out / "optuna.journal")))
-    study = optuna.load_study(study_name=name, storage=storage)
+    from raysl.launch.optuna_search import load_optuna_study
+
+    study = load_optuna_study(out, json.loads((out / "study.json").read_text())["optuna_study"])
     try:
         found = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0))
     except (ValueError, RuntimeError) as err:  # too few trials, or one value only
@@ -140,10 +140,9 @@ def retrain(flat: dict[str, Any], threads: int) -> dict[str, float]:
 def retrain_all(study: dict[str, Any], args: argparse.Namespace) -> None:
     """Baseline and the best tuned trial on the full training split, `args.seeds` seeds each
     (in place)."""
-    flats = {}
+    flats, overrides = {}, parse_overrides(args.set)
     for which in ("baseline", "tuned"):
-        flat = {**(study["base"] if which == "baseline" else study["tuned"]), **FINAL}
-        flat.update({k: v for k, v in parse_overrides(args.set).items()})
+        flat = {**(study["base"] if which == "baseline" else study["tuned"]), **FINAL, **overrides}
         if args.epochs:
             flat["epochs"] = args.epochs
         flat["eval.every"] = flat["epochs"]  # val kNN at the end only: nothing is chosen here

@@ -9,6 +9,11 @@ from pathlib import Path
 from typing import Any
 
 
+def store_uri(work: Path) -> str:
+    """The MLflow store of the studies run under `work`."""
+    return f"sqlite:///{work}/mlflow.db"
+
+
 def run_timed(spec: Any, work: Path) -> tuple[Path, str, Any, float]:
     """Run `spec` (a loaded SearchSpec) with its store and runs under `work`; returns the study
     directory, the MLflow parent run id, an MlflowClient on the store and the wall seconds."""
@@ -16,7 +21,7 @@ def run_timed(spec: Any, work: Path) -> tuple[Path, str, Any, float]:
 
     from raysl.launch.ray_tune import run_study
 
-    uri, out = f"sqlite:///{work}/mlflow.db", work / "runs" / spec.name
+    uri, out = store_uri(work), work / "runs" / spec.name
     started = time.perf_counter()
     run_study(spec, out, str(work / "runs"), uri, live=False)
     wall = time.perf_counter() - started

@@ -167,13 +167,12 @@ def _cross_check(
                 "search.eval.every",
             )
         elif base.eval.every != 1:
-            why = (
-                "PBT compares trials at every interval"
-                if isinstance(tune.scheduler, Pbt)
-                else "ASHA compares trials at the same epoch"
-                if tune.scheduler is not None
-                else "Optuna's intermediate values and the curves are per epoch"
-            )
+            if isinstance(tune.scheduler, Pbt):
+                why = "PBT compares trials at every interval"
+            elif tune.scheduler is not None:
+                why = "ASHA compares trials at the same epoch"
+            else:
+                why = "Optuna's intermediate values and the curves are per epoch"
             notes.append(
                 f"eval.every set from {base.eval.every} to 1: Tune needs {val} in every "
                 f"epoch's report ({why})"
