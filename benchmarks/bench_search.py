@@ -39,8 +39,9 @@ cores 7.7 s (24 trial-epochs in 190 s; ~1 GB of memory per trial, 12.8 GB at the
 12 trials × 4 epochs = 48 trial-epochs per study: random 48 × 5.6 + 15 ≈ 285 s, TPE the same,
 TPE + ASHA 30 trials spending ~58 trial-epochs (20 % past the budget, cut) ≈ 360 s, PBT
 48 × 7.7 + 15 + ~40 s of starts ≈ 425 s; ≈ 1,355 s per seed, **≈ 68 min for 3 seeds**, leaving
-~25 % for noise under the 90-minute limit (12 studies, 605 trial-epochs). Other jobs on the
-cores stretch every number: run it alone.
+~25 % for noise under the 90-minute limit (12 studies, 605 trial-epochs). Measured alone on
+2026-12-04: 92 min (benchmarks/RESULTS.md), the per-study overhead larger than counted here;
+`--epochs 3` or `--trials 10` fits 90 min. Other jobs on the cores stretch every number.
 
 Writes `bench_search.parquet` (every epoch result: method, seed, trial, epoch, val/knn_top1,
 spent, …) and `bench_search.png` (anytime curves: mean over seeds, band = lowest to highest

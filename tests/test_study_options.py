@@ -53,7 +53,9 @@ def test_defaults_and_values(tmp_path: Path) -> None:
     assert t.baseline is True and t.finalists is None and t.objectives == ()
     assert t.goals == (("val/knn_top1", "max"),) and not t.multi_objective
     t = load_search_spec(write(tmp_path, "  finalists: {top: 2, seeds: 3}\n  baseline: false")).tune
-    assert t.finalists == Finalists(top=2, seeds=3) and t.baseline is False
+    assert t.finalists == Finalists(top=2, seeds=3, baseline=True) and t.baseline is False
+    t = load_search_spec(write(tmp_path, "  finalists: {top: 1, seeds: 1, baseline: false}")).tune
+    assert t.finalists == Finalists(top=1, seeds=1, baseline=False)
     multi = "  metric: [val/knn_top1, cost/device_hours]\n  mode: [max, min]"
     t = load_search_spec(write(tmp_path, multi)).tune
     assert t.objectives == (("val/knn_top1", "max"), ("cost/device_hours", "min"))
@@ -78,6 +80,7 @@ def test_baseline_is_the_base_config_with_conditions(tmp_path: Path) -> None:
         ("  finalists: {top: 0, seeds: 2}", 0.05, "tune.finalists.top", ["integer >= 1"]),
         ("  finalists: {top: 2, seed: 2}", 0.05, "tune.finalists.seed", ["did you mean 'seeds'"]),
         ("  finalists: 3", 0.05, "tune.finalists", ["{top: 3, seeds: 2}"]),
+        ("  finalists: {baseline: 1}", 0.05, "tune.finalists.baseline", ["true", "a mean"]),
         ("  finalists: {top: 5, seeds: 1}", 0.05, "tune.finalists.top", ["> num_samples 4"]),
         (
             "  metric: [val/knn_top1, cost/device_hours]\n  mode: max",
@@ -156,3 +159,31 @@ def test_the_cli_refuses_before_ray_starts(tmp_path: Path, tune: str, key: str) 
     assert proc.returncode == 2 and len(lines) == 1 and f": {key}: " in lines[0], proc.stderr
     assert not (tmp_path / "x").exists() and time.time() - started < 30
     assert "starting Ray" not in proc.stdout
+
+
+def test_finalists_re_run_the_baseline_with_the_same_seeds(tmp_path: Path) -> None:
+    """The baseline (trial "b", 3rd best) is re-run after the top 2, with their seeds; not
+    when it is already among them, stopped early, or `baseline: false`."""
+    from raysl.launch.finalists import finalist_runs
+
+    def status(value: float, done: str = "completed") -> dict:
+        return {"status": done, "metrics": {"val/knn_top1": value}, "searched": {"optim.lr": 0.3}}
+
+    statuses = {
+        "a": status(90.0),
+        "b": status(80.0),
+        "c": status(85.0),
+        "d": status(99.0, "stopped"),
+    }
+    numbers = {"a": 1, "b": 0, "c": 2, "d": 3}
+    spec = load_search_spec(write(tmp_path, "  finalists: {top: 2, seeds: 2}"))
+    runs = finalist_runs(spec, statuses, numbers, baseline="b")
+    assert [(r["of"], r["seed"]) for r in runs] == [
+        ("a", 1), ("a", 2), ("c", 1), ("c", 2), ("b", 1), ("b", 2)
+    ]  # fmt: skip
+    assert runs[-1]["params"] == {"optim.lr": 0.3, "seed": 2} and runs[-1]["number"] == 0
+    assert len(finalist_runs(spec, statuses, numbers, baseline="a")) == 4  # already a finalist
+    assert len(finalist_runs(spec, statuses, numbers, baseline="d")) == 4  # stopped by ASHA
+    assert len(finalist_runs(spec, statuses, numbers, baseline=None)) == 4
+    off = load_search_spec(write(tmp_path, "  finalists: {top: 2, seeds: 2, baseline: false}"))
+    assert len(finalist_runs(off, statuses, numbers, baseline="b")) == 4

@@ -1,15 +1,20 @@
 """Finalists: after the search, the K best full-budget trials re-run with S other seeds.
 
-`tune.finalists: {top: K, seeds: S}`. The K trials that completed their full budget with the
-best last value of `tune.metric` (ties by trial id, as `rank_trials`) are each re-run S
-times: the same config with `seed` = the trial's seed + 1, ..., + S (`finalist_runs`). The
-K x S fits run through Ray as a second Tuner over a grid of them (`{"finalist": i}`), with
-the study's trainable (`raysl.launch.tune_trials.trainable`, `runs=`), so each fit reserves
+`tune.finalists: {top: K, seeds: S, baseline: true}`. The K trials that completed their full
+budget with the best last value of `tune.metric` (ties by trial id, as `rank_trials`) are
+each re-run S times: the same config with `seed` = the trial's seed + 1, ..., + S
+(`finalist_runs`). With `baseline` (the default) the baseline trial (`tune.baseline`) is
+re-run the same way when it completed its budget and is not among the K, so the study's gain
+over the baseline compares two means over S + 1 seeds (one seed of each can differ by more
+than the gain: benchmarks/RESULTS.md, "Fashion-MNIST studies"). The K x S (or (K + 1) x S)
+fits run through Ray as a second Tuner over a grid of them (`{"finalist": i}`), with the
+study's trainable (`raysl.launch.tune_trials.trainable`, `runs=`), so each fit reserves
 the resources of a trial and as many run at once as the search ran; no searcher, no
 scheduler (every fit runs the full budget), checkpoints and retries as for trials; `Tuner`
 state in `<storage>/<name>-finalists`, which `raysl tune --resume` restores (the fits are
-chosen again from the same trials; the finalists' MLflow runs are found by Tune trial id).
-Resuming mid-finalists is not covered by a test.
+chosen again from the same trials, the baseline by its MLflow tag; the finalists' MLflow
+runs are found by Tune trial id). Resuming mid-finalists is broken: a driver killed during
+the finalists fails on `--resume` with `KeyError: 'finalist'` (found 2026-12-04; not fixed).
 
 MLflow: each fit is a nested child run of the study's parent (`#3 seed 1 val 97.5`), tagged
 `raysl.kind=finalist` (the leaderboard's trials stay `raysl.kind=trial`),
@@ -44,16 +49,26 @@ def pick_finalists(
 
 
 def finalist_runs(
-    spec: SearchSpec, statuses: Mapping[str, Mapping[str, Any]], numbers: Mapping[str, Any]
+    spec: SearchSpec,
+    statuses: Mapping[str, Mapping[str, Any]],
+    numbers: Mapping[str, Any],
+    baseline: str | None = None,
 ) -> list[dict[str, Any]]:
-    """One entry per fit: `{"of", "number", "seed", "params"}` (params: searched + seed)."""
-    assert spec.tune.finalists is not None
-    picked = pick_finalists(statuses, spec.tune.metric, spec.tune.mode, spec.tune.finalists.top)
+    """One entry per fit: `{"of", "number", "seed", "params"}` (params: searched + seed).
+
+    `baseline`: the baseline trial's id; with `tune.finalists.baseline` it is re-run too
+    (after the top K) when it completed its budget and is not among them."""
+    finalists = spec.tune.finalists
+    assert finalists is not None
+    picked = pick_finalists(statuses, spec.tune.metric, spec.tune.mode, finalists.top)
+    done = (statuses.get(baseline) or {}).get("status") == "completed"
+    if finalists.baseline and baseline is not None and done and baseline not in picked:
+        picked.append(baseline)
     runs = []
     for trial_id in picked:
         searched = dict(statuses[trial_id].get("searched") or {})
         seed = spec.config_for(searched).seed
-        for extra in range(1, spec.tune.finalists.seeds + 1):
+        for extra in range(1, finalists.seeds + 1):
             runs.append({
                 "of": trial_id,
                 "number": numbers.get(trial_id),
@@ -61,6 +76,15 @@ def finalist_runs(
                 "params": {**searched, "seed": seed + extra},
             })  # fmt: skip
     return runs
+
+
+def baseline_trial(tracker: Any) -> str | None:
+    """The Ray trial id of the study's baseline trial, from its MLflow run's tag
+    `raysl.baseline` (set when the trial started, so a resumed driver finds it as well)."""
+    for run in tracker.study().trials:
+        if run.data.tags.get("raysl.baseline") == "true":
+            return run.data.tags.get("raysl.trial_id")
+    return None
 
 
 def run_finalists(key: str, spec: SearchSpec, storage: str, concurrency: int) -> None:
@@ -72,13 +96,16 @@ def run_finalists(key: str, spec: SearchSpec, storage: str, concurrency: int) ->
     searcher = SEARCHERS.get(key)
     statuses = active["statuses"]
     numbers = {t: searcher.number(t) if searcher else None for t in statuses}
-    runs = finalist_runs(spec, statuses, numbers)
+    baseline = baseline_trial(active["tracker"])
+    runs = finalist_runs(spec, statuses, numbers, baseline)
     table = active["table"]
     if not runs:
         table.note("finalists: no trial ran its full budget; none re-run")
         return
     active["finalist_runs"] = runs
-    names = ", ".join(dict.fromkeys(_label(r) for r in runs))
+    names = ", ".join(
+        dict.fromkeys(_label(r) + (" (the baseline)" if r["of"] == baseline else "") for r in runs)
+    )
     seeds = spec.tune.finalists.seeds  # type: ignore[union-attr]
     table.note(f"finalists: re-running {names} with {seeds} other seed(s) each ({len(runs)} fits)…")
     table.num_samples += len(runs)

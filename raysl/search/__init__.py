@@ -21,7 +21,7 @@ tune:
   max_failures: 0                                 # retries of a trial (from its checkpoint)
   config: {epochs: 25}                            # base-config overrides for the trials only
   baseline: true                                  # trial 0 = the base config
-  finalists: {top: 3, seeds: 2}                   # default null (raysl.search.study_options)
+  finalists: {top: 3, seeds: 2, baseline: true}   # default null (raysl.search.study_options)
 ```
 
 `load_search_spec` checks all of it before anything starts (`raysl.search.load`);

@@ -190,12 +190,15 @@ class Pbt:
 
 @dataclass(frozen=True)
 class Finalists:
-    """`tune.finalists: {top: K, seeds: S}`: after the search, the K best full-budget trials
-    are re-run with S other seeds (the trial's seed + 1 ... + S); ranked by the mean over the
-    S + 1 runs (the original counts as one seed)."""
+    """`tune.finalists: {top: K, seeds: S, baseline: true}`: after the search, the K best
+    full-budget trials are re-run with S other seeds (the trial's seed + 1 ... + S); ranked by
+    the mean over the S + 1 runs (the original counts as one seed). With `baseline` (the
+    default) the baseline trial is re-run with the same seeds too (if it ran its full budget),
+    so the gain over it compares a mean with a mean, not with one seed."""
 
     top: int = 3
     seeds: int = 2
+    baseline: bool = True
 
 
 @dataclass(frozen=True)

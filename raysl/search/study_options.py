@@ -15,8 +15,9 @@ Parsed from `tune:` (`parse_objectives`, `parse_baseline`, `parse_finalists`, ca
   value the search space cannot hold (outside a range, not among the choices, off an int
   step) is an error naming `search.<key>`: Optuna would otherwise run something else and call
   it the baseline. Widen the range, change the config, or set `baseline: false`.
-- **Finalists** (`finalists: {top: K, seeds: S}`, off by default): single-objective only,
-  not under PBT (a PBT trial's config changes as it trains); K may not exceed `num_samples`.
+- **Finalists** (`finalists: {top: K, seeds: S, baseline: true}`, off by default):
+  single-objective only, not under PBT (a PBT trial's config changes as it trains); K may not
+  exceed `num_samples`; `baseline` re-runs the baseline trial with the same seeds as well.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from raysl.config import Config
 from raysl.search.problems import Problems, is_int
 from raysl.search.spec import Finalists, Param, Pbt, TuneSettings, freeze, is_number
 
-FINALIST_KEYS = ("top", "seeds")
+FINALIST_KEYS = ("top", "seeds", "baseline")
 MODES = ("max", "min")
 
 
@@ -93,7 +94,8 @@ def parse_baseline(raw: Mapping[str, Any], out: Problems) -> bool:
 
 
 def parse_finalists(raw: Any, out: Problems) -> Finalists | None:
-    """`null`/`false`/`none` (off), `true` (top 3, seeds 2) or `{top: K, seeds: S}`."""
+    """`null`/`false`/`none` (off), `true` (top 3, seeds 2, the baseline re-run too) or
+    `{top: K, seeds: S, baseline: B}`."""
     at = "tune.finalists"
     if raw is None or raw is False or raw == "none":
         return None
@@ -104,9 +106,18 @@ def parse_finalists(raw: Any, out: Problems) -> Finalists | None:
         return None
     out.unknown_keys(raw, FINALIST_KEYS, at)
     d = Finalists()
+    baseline = raw.get("baseline", d.baseline)
+    if not isinstance(baseline, bool):
+        out.add(
+            "must be true (re-run the baseline trial with the finalists' seeds, so the gain "
+            f"over it is a mean against a mean) or false (got {baseline!r})",
+            f"{at}.baseline",
+        )
+        baseline = d.baseline
     return Finalists(
         top=out.integer(raw, "top", at, d.top, 1, ", the best full-budget trials to re-run"),
         seeds=out.integer(raw, "seeds", at, d.seeds, 1, ", other seeds per finalist"),
+        baseline=baseline,
     )
 
 

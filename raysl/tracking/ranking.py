@@ -73,7 +73,6 @@ def rank_trials(
     Row keys, the same in every row: rank, number (the Optuna trial number), trial_id (Ray's),
     status, epochs, `metric` (its value at the trial's last epoch: what ranks it), best and
     best_epoch (the trial's best epoch value of the study's metric, tags the study writes),
-    best_epoch (the trial's best epoch value of the study's metric, tags the study writes),
     baseline (whether it ran the base config), in a study with finalists mean_over_seeds,
     std_over_seeds and seeds (`finalist_stats`), the searched params (typed back from their
     text; None where a conditional param was not searched), every other metric (last value),

@@ -1,7 +1,8 @@
 """Finalists: the K best full-budget trials re-run with S other seeds, through Ray, in MLflow.
 
 Real Ray, Optuna and MLflow on a tiny CPU study (4 trials, top 2, seeds 2): exactly K x S
-extra fits, each the original config with seed + 1 ... + S, as nested runs that the
+extra fits (and S more for the baseline trial when it is not in the top K), each the
+original config with seed + 1 ... + S, as nested runs that the
 leaderboard does not count as trials; the leaderboard ranks the finalists first by the mean
 the test computes from MLflow (the original counts as one seed), and `best_config.yaml` is
 the winner's config.
@@ -58,15 +59,23 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
     }  # fmt: skip
 
 
-def test_exactly_k_times_s_fits_with_the_other_seeds(study: dict) -> None:
-    trials, finalists = study["trials"], study["finalists"]
-    assert len(trials) == 4 and len(finalists) == TOP * SEEDS
-    by_id = {r.data.tags["raysl.trial_id"]: r for r in trials}
+def rerun_ids(trials: list) -> set[str]:
+    """The top K completed trials by their last value, and the baseline trial (#0)."""
     completed = sorted(
         (r for r in trials if r.data.tags["raysl.status"] == "completed"),
         key=lambda r: (-r.data.metrics["val/knn_top1"], r.data.tags["raysl.trial_id"]),
     )
     top = {r.data.tags["raysl.trial_id"] for r in completed[:TOP]}
+    base = [r for r in trials if r.data.tags.get("raysl.baseline") == "true"]
+    assert len(base) == 1 and base[0].data.tags["raysl.optuna_trial"] == "0"
+    return top | {base[0].data.tags["raysl.trial_id"]}
+
+
+def test_exactly_k_times_s_fits_with_the_other_seeds(study: dict) -> None:
+    trials, finalists = study["trials"], study["finalists"]
+    top = rerun_ids(trials)  # K, or K + 1 when the baseline is not among them
+    assert len(trials) == 4 and len(finalists) == len(top) * SEEDS
+    by_id = {r.data.tags["raysl.trial_id"]: r for r in trials}
     assert {f.data.tags["raysl.finalist_of"] for f in finalists} == top
     for of in top:
         reruns = [f for f in finalists if f.data.tags["raysl.finalist_of"] == of]
@@ -87,7 +96,7 @@ def test_exactly_k_times_s_fits_with_the_other_seeds(study: dict) -> None:
             assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1))
     # through Ray: a second Tuner in the study's storage, one Tune trial per fit
     fits = list((study["storage"] / f"{NAME}-finalists").glob("_fit_trial_*"))
-    assert len(fits) == TOP * SEEDS, fits
+    assert len(fits) == len(top) * SEEDS, fits
 
 
 def test_ranked_by_the_mean_over_seeds(study: dict) -> None:
@@ -101,14 +110,19 @@ def test_ranked_by_the_mean_over_seeds(study: dict) -> None:
     expected = sorted(
         finalists, key=lambda k: (-statistics.mean(finalists[k]), -finalists[k][0], k)
     )
-    board = study["board"]
-    assert [r["trial_id"] for r in board[:TOP]] == expected  # finalists first, by their mean
-    for row in board[:TOP]:
+    board, n = study["board"], len(finalists)
+    assert set(finalists) == rerun_ids(study["trials"])
+    assert [r["trial_id"] for r in board[:n]] == expected  # finalists first, by their mean
+    for row in board[:n]:
         seeds = finalists[row["trial_id"]]
         assert row["seeds"] == 1 + SEEDS
         assert row["mean_over_seeds"] == pytest.approx(statistics.mean(seeds))
         assert row["std_over_seeds"] == pytest.approx(statistics.stdev(seeds))
-    assert all(r["seeds"] is None for r in board[TOP:]) and len(board) == 4  # trials only
+    assert all(r["seeds"] is None for r in board[n:]) and len(board) == 4  # trials only
+    # the gain over the baseline: the winner's mean minus the baseline's mean
+    base = next(r for r in board if r["baseline"])
+    gain = study["parent"].data.metrics["study/gain_over_baseline"]
+    assert gain == pytest.approx(board[0]["mean_over_seeds"] - base["mean_over_seeds"])
     winner = board[0]
     cell = f"{winner['mean_over_seeds']:.2f} ± {winner['std_over_seeds']:.2f} ({1 + SEEDS})"
     assert cell in study["stdout"] and cell in study["report"]
