@@ -106,7 +106,7 @@ def run_one_study(path: Path, work: Path, overrides: list[str]) -> dict[str, Any
         "tuned": {**base, **{k: tuned[k] for k in searched if tuned.get(k) is not None}},
         "tuned_row": shown(tuned), "winner_row": shown(board[0]),
         # the keys the tuned trial searched: a `when` that fails leaves its key at the base value
-        "tuned_searched": [p.key for p in spec.params if p.when is None or p.when.holds(tuned)],
+        "tuned_searched": spec.searched_in(tuned),
         "importances": importances(out),
         "parent_metrics": client.get_run(parent).data.metrics,
     }  # fmt: skip
@@ -216,14 +216,8 @@ def table(study: dict[str, Any]) -> list[str]:
             f"| {label} | " + " | ".join(mean_std([r[k] for r in rows]) for k in METRICS) + " |"
         )
     row = study["tuned_row"]
-    hidden = ("rank", "status", "best", "number", "baseline", "epochs", *FINALIST)
     # the tuned trial's searched values; a conditional key its trial did not search is left out
-    active = study.get("tuned_searched")
-    shown = {
-        k: v
-        for k, v in row.items()
-        if "/" not in k and k not in hidden and v is not None and (active is None or k in active)
-    }
+    shown = {k: row[k] for k in study["tuned_searched"]}
     finalist = (
         f", finalists' mean {row['mean_over_seeds']:.2f} ± {row['std_over_seeds'] or 0:.2f}"
         f" over {row['seeds']} seeds"

@@ -267,9 +267,11 @@ class SearchSpec:
         """The baseline trial: every searched key at its base-config value, conditions applied
         as `sample` applies them (a key whose `when` fails at the base values is left out)."""
         values = self.base.to_flat()
-        return {
-            p.key: values.get(p.key) for p in self.params if p.when is None or p.when.holds(values)
-        }
+        return {key: values.get(key) for key in self.searched_in(values)}
+
+    def searched_in(self, values: Mapping[str, Any]) -> list[str]:
+        """The keys a trial with these dotted values searched: every param whose `when` holds."""
+        return [p.key for p in self.params if p.when is None or p.when.holds(values)]
 
     def config_for(self, params: Mapping[str, Any]) -> Config:
         """The trial's config: the base with the sampled values applied, validated."""
