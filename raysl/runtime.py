@@ -77,9 +77,11 @@ def autocast(device: torch.device, enabled: bool) -> AbstractContextManager:
 def use_channels_last(setting: str, device: torch.device) -> bool:
     """Whether the model and its inputs are NHWC (`memory_format`): `auto` on CUDA only.
 
-    On CPU (PyTorch 2.14, oneDNN) channels-last convolutions are ~1.4x faster, but
-    channels-last batch norm is less exact: the small ConvNet's fp32 gradients came out ~1e-2
-    off float64 (NCHW: ~1e-5), and kNN accuracy fell 1.8 points over 3 seeds
-    (benchmarks/RESULTS.md, "The CPU step"). `channels_last` opts in anyway.
+    On CPU (PyTorch 2.14, oneDNN) channels-last convolutions are ~1.4x faster, but on the
+    AVX-512 machine measured, channels-last batch norm was less exact: the small ConvNet's
+    fp32 gradients came out ~1e-2 off float64 (NCHW: ~1e-5), and kNN accuracy fell 1.8 points
+    over 3 seeds (benchmarks/RESULTS.md, "The CPU step"). On an AVX2-only CPU both formats
+    are ~1e-3 off, so NCHW stays the CPU default as the measured, unchanged path.
+    `channels_last` opts in anyway.
     """
     return setting == "channels_last" or (setting == "auto" and device.type == "cuda")

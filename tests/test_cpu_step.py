@@ -48,14 +48,19 @@ def test_cpu_opt_ins_train(options: dict) -> None:
 
 
 def test_cpu_default_gradients_match_float64() -> None:
-    """The ConvNet in the format raysl trains it in on CPU: every fp32 gradient within 1e-4
-    (relative to its largest entry) of the float64 gradient. (Channels-last batch norm on
-    CPU misses this by ~100x with PyTorch 2.14: why `auto` is NCHW there.)"""
+    """The ConvNet in the format raysl trains it in on CPU: every fp32 gradient within 5e-3
+    (relative to its largest entry) of the float64 gradient, so no reduced-precision path
+    (bf16 autocast is ~0.3 off here) has crept into the default.
+
+    The bound leaves room for fp32 sums over batch x 28 x 28 = 200k terms, whose error
+    depends on the CPU's kernels: measured up to 1.8e-5 on an AVX-512 machine but 1.5e-3 on
+    an AVX2-only EPYC (batch norm's backward in the 28 x 28 layers), which failed a 1e-4
+    bound."""
     torch.manual_seed(0)
     cfg = Config().override({"model.width": 16})
     backbone = build_model(cfg.model, 1, 28, {"z"}).online.encoder.backbone
     fmt = torch.channels_last if use_channels_last("auto", torch.device("cpu")) else None
-    x = torch.randn(256, 1, 28, 28)
+    x = torch.randn(256, 1, 28, 28)  # [B, C, H, W]
     grads = {}
     for dtype in (torch.float64, torch.float32):
         model = copy.deepcopy(backbone).to(dtype)
@@ -65,7 +70,7 @@ def test_cpu_default_gradients_match_float64() -> None:
         model(inputs).square().sum().backward()
         grads[dtype] = [p.grad.double() for p in model.parameters()]
     for g32, g64 in zip(grads[torch.float32], grads[torch.float64], strict=True):
-        assert float((g32 - g64).abs().max() / g64.abs().max()) < 1e-4
+        assert float((g32 - g64).abs().max() / g64.abs().max()) < 5e-3
 
 
 def test_bad_memory_format_is_refused_naming_the_key(tmp_path) -> None:

@@ -13,8 +13,8 @@ the resources of a trial and as many run at once as the search ran; no searcher,
 scheduler (every fit runs the full budget), checkpoints and retries as for trials; `Tuner`
 state in `<storage>/<name>-finalists`, which `raysl tune --resume` restores (the fits are
 chosen again from the same trials, the baseline by its MLflow tag; the finalists' MLflow
-runs are found by Tune trial id). Resuming mid-finalists is broken: a driver killed during
-the finalists fails on `--resume` with `KeyError: 'finalist'` (found 2026-12-04; not fixed).
+runs are found by Tune trial id); a driver killed once a finalist has started or finished
+resumes with each (trial, seed) fit logged once (tests/launch/test_finalists.py).
 
 MLflow: each fit is a nested child run of the study's parent (`#3 seed 1 val 97.5`), tagged
 `raysl.kind=finalist` (the leaderboard's trials stay `raysl.kind=trial`),

@@ -5,13 +5,18 @@ extra fits (and S more for the baseline trial when it is not in the top K), each
 original config with seed + 1 ... + S, as nested runs that the
 leaderboard does not count as trials; the leaderboard ranks the finalists first by the mean
 the test computes from MLflow (the original counts as one seed), and `best_config.yaml` is
-the winner's config.
+the winner's config. A driver killed mid-finalists resumes without losing or repeating a fit.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import statistics
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -139,3 +144,59 @@ def test_ranked_by_the_mean_over_seeds(study: dict) -> None:
     assert config["loss"]["infonce"]["temperature"] == pytest.approx(
         winner["loss.infonce.temperature"]
     )
+
+
+@pytest.mark.parametrize("kill_after", ["RUNNING", "FINISHED"], ids=["started", "finished"])
+def test_killed_driver_resumes_mid_finalists(tmp_path: Path, kill_after: str) -> None:
+    """The driver killed (by pid) once the first finalist fit has started, or finished:
+    `--resume` runs the fits still owed, each (trial, seed) pair logged once and FINISHED,
+    and the leaderboard ranks by all of them."""
+    name = "resumed_finalists"
+    space = study_file(tmp_path, name=name, num_samples=4, scheduler="none")
+    doc = yaml.safe_load(space.read_text())
+    doc["config"]["epochs"] = EPOCHS
+    doc["tune"]["finalists"] = {"top": TOP, "seeds": SEEDS}
+    space.write_text(yaml.safe_dump(doc, sort_keys=False))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    out = tmp_path / "runs" / name
+    args = [sys.executable, "-m", "raysl", "tune", str(space), "--out", str(out)]
+    args += ["--tracking-uri", uri, "-q"]  # Tune's state in the default storage
+    log = (tmp_path / "first.log").open("w")
+    driver = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True)
+    from mlflow.tracking import MlflowClient
+
+    def finalists_seen() -> int:
+        try:
+            experiment = MlflowClient(uri).get_experiment_by_name(name)
+            runs = MlflowClient(uri).search_runs(
+                [experiment.experiment_id], "tags.`raysl.kind` = 'finalist'"
+            )
+        except Exception:  # the store or the experiment is being created
+            return 0
+        return sum(r.info.status in (kill_after, "FINISHED") for r in runs)
+
+    deadline = time.time() + 600
+    while time.time() < deadline and driver.poll() is None and finalists_seen() < 1:
+        time.sleep(0.5)
+    assert driver.poll() is None, f"the driver ended before a finalist was {kill_after}"
+    assert finalists_seen() >= 1, f"no finalist {kill_after} before the deadline"
+    os.kill(driver.pid, signal.SIGKILL)  # the driver, by pid, mid-finalists
+    driver.wait()
+    time.sleep(3)  # let Ray's reaper take the local cluster down
+
+    resumed = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    trials = [r for r in runs if r.data.tags.get("raysl.kind") == "trial"]
+    finalists = [r for r in runs if r.data.tags.get("raysl.kind") == "finalist"]
+    top = rerun_ids(trials)
+    pairs = [(f.data.tags["raysl.finalist_of"], f.data.tags["raysl.seed"]) for f in finalists]
+    assert len(pairs) == len(set(pairs)) == len(top) * SEEDS, pairs  # none twice, none lost
+    assert {of for of, _ in pairs} == top
+    assert all(r.info.status == "FINISHED" for r in trials + finalists), [
+        (r.info.run_name, r.info.status) for r in trials + finalists
+    ]
+    board = json.loads((out / "leaderboard.json").read_text())
+    assert {r["trial_id"] for r in board if r["seeds"] == 1 + SEEDS} == top
