@@ -31,14 +31,20 @@ NAME = "finalist_study"
 TOP, SEEDS, EPOCHS = 2, 2, 2
 
 
-@pytest.fixture(scope="module")
-def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    tmp = tmp_path_factory.mktemp("finalists")
-    space = study_file(tmp, name=NAME, num_samples=4, scheduler="none")
+def finalist_space(tmp: Path, name: str) -> Path:
+    """The tiny study (4 trials, no scheduler) with finalists: top TOP, SEEDS seeds."""
+    space = study_file(tmp, name=name, num_samples=4, scheduler="none")
     doc = yaml.safe_load(space.read_text())
     doc["config"]["epochs"] = EPOCHS
     doc["tune"]["finalists"] = {"top": TOP, "seeds": SEEDS}
     space.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return space
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    tmp = tmp_path_factory.mktemp("finalists")
+    space = finalist_space(tmp, NAME)
     uri = f"sqlite:///{tmp}/mlflow.db"
     out, storage = tmp / "runs" / NAME, tmp / "storage"
     proc = run_cli(
@@ -152,11 +158,7 @@ def test_killed_driver_resumes_mid_finalists(tmp_path: Path, kill_after: str) ->
     `--resume` runs the fits still owed, each (trial, seed) pair logged once and FINISHED,
     and the leaderboard ranks by all of them."""
     name = "resumed_finalists"
-    space = study_file(tmp_path, name=name, num_samples=4, scheduler="none")
-    doc = yaml.safe_load(space.read_text())
-    doc["config"]["epochs"] = EPOCHS
-    doc["tune"]["finalists"] = {"top": TOP, "seeds": SEEDS}
-    space.write_text(yaml.safe_dump(doc, sort_keys=False))
+    space = finalist_space(tmp_path, name)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     out = tmp_path / "runs" / name
     args = [sys.executable, "-m", "raysl", "tune", str(space), "--out", str(out)]
