@@ -13,7 +13,8 @@ the resources of a trial and as many run at once as the search ran; no searcher,
 scheduler (every fit runs the full budget), checkpoints and retries as for trials; `Tuner`
 state in `<storage>/<name>-finalists`, which `raysl tune --resume` restores (the fits are
 chosen again from the same trials, the baseline by its MLflow tag; the finalists' MLflow
-runs are found by Tune trial id); a driver killed once a finalist has started or finished
+runs are found by Tune trial id; a state file Tune left cut short is put back first,
+`raysl.launch.tune_state`); a driver killed once a finalist has started or finished
 resumes with each (trial, seed) fit logged once (tests/launch/test_finalists.py).
 
 MLflow: each fit is a nested child run of the study's parent (`#3 seed 1 val 97.5`), tagged
@@ -31,7 +32,8 @@ from typing import Any
 
 import ray.tune
 
-from raysl.launch.tune_tracking import ACTIVE, _error_line, _metrics
+from raysl.launch.tune_state import KeepState, repair_state, restorable
+from raysl.launch.tune_tracking import ACTIVE, _error_line, _metrics, commit_epochs, drop_epochs
 from raysl.search import SearchSpec
 
 
@@ -112,7 +114,9 @@ def run_finalists(key: str, spec: SearchSpec, storage: str, concurrency: int) ->
     name = f"{spec.name}-finalists"
     experiment = f"{storage.rstrip('/')}/{name}"
     function = trainable(spec, storage, runs=[r["params"] for r in runs])
-    if ray.tune.Tuner.can_restore(experiment):
+    for line in repair_state(experiment):  # raysl.launch.tune_state
+        table.note(f"note: {line}")
+    if restorable(experiment):
         tuner = ray.tune.Tuner.restore(experiment, function, resume_errored=True)
     else:
         tuner = ray.tune.Tuner(
@@ -124,7 +128,7 @@ def run_finalists(key: str, spec: SearchSpec, storage: str, concurrency: int) ->
             run_config=ray.tune.RunConfig(
                 name=name,
                 storage_path=storage,
-                callbacks=[FinalistCallback(key)],
+                callbacks=[FinalistCallback(key), KeepState()],
                 checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=1),
                 failure_config=ray.tune.FailureConfig(max_failures=spec.tune.max_failures),
                 verbose=0,
@@ -178,10 +182,17 @@ class FinalistCallback(ray.tune.Callback):
         active, _ = found
         metrics = _metrics(result)
         epoch = int(metrics.get("epoch", result.get("training_iteration", 0)))
-        tracker = active["tracker"]
-        active["outbox"].call("result", tracker.trial_result, trial.trial_id, metrics, epoch)
+        active["epochs"].add(trial.trial_id, metrics, epoch)  # logged once committed
         metric = active["spec"].tune.metric
         active["table"].trial_result(trial.trial_id, epoch, metrics.get(metric))
+
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self._run(trial) is not None:
+            commit_epochs(ACTIVE.get(self.key), trial)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self._run(trial) is not None:
+            drop_epochs(ACTIVE.get(self.key), trial)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._end(trial, "completed", "")
@@ -195,6 +206,7 @@ class FinalistCallback(ray.tune.Callback):
             return
         active, run = found
         tracker, spec = active["tracker"], active["spec"]
+        active["epochs"].commit(trial.trial_id)
         active["outbox"].call("end", tracker.trial_ended, trial.trial_id, status, reason, None)
         last = (getattr(trial, "last_result", None) or {}).get(spec.tune.metric)
         active["outbox"].call("name", _rename, tracker, trial.trial_id, run, status, last, spec)

@@ -35,6 +35,7 @@ from typing import Any
 
 import ray.tune
 
+from raysl.launch.epoch_log import EpochLog
 from raysl.launch.optuna_search import SEARCHERS, load_optuna_study
 from raysl.launch.pbt import pbt_lineages
 from raysl.launch.study_files import (
@@ -44,6 +45,7 @@ from raysl.launch.study_files import (
     trial_config,
     write_leaderboard,
 )
+from raysl.launch.tune_state import KeepState, repair_state, restorable
 from raysl.launch.tune_tracking import (
     ACTIVE,
     StudyCallback,
@@ -131,13 +133,21 @@ def run_study(
         ACTIVE[key]["outbox"] = Outbox(
             tracking_uri, echo=lambda line: table.console.print(line, markup=False, highlight=False)
         )
+        outbox = ACTIVE[key]["outbox"]
+        # an epoch reaches MLflow once its checkpoint is registered (raysl.launch.epoch_log)
+        ACTIVE[key]["epochs"] = EpochLog(
+            lambda trial, metrics, epoch: outbox.call(
+                "result", tracker.trial_result, trial, metrics, epoch
+            )
+        )
         ACTIVE[key]["inputs"] = study_records(tracker, spec, resume)
         experiment = f"{storage.rstrip('/')}/{spec.name}"
         function = trainable(spec, storage)
         concurrency = spec.tune.max_concurrent or auto_concurrency(spec)
-        restored = resume and ray.tune.Tuner.can_restore(experiment)
+        repaired = repair_state(experiment) if resume else []  # raysl.launch.tune_state
+        restored = resume and restorable(experiment)
         table.start(f", {concurrency} at a time" + (", resumed" if restored else ""))
-        for note in spec.notes:
+        for note in [*spec.notes, *repaired]:
             table.note(f"note: {note}")
         if waiting:
             table.console.print(f"note: {waiting}", markup=False, highlight=False)
@@ -165,7 +175,7 @@ def run_study(
                     run_config=ray.tune.RunConfig(
                         name=spec.name,
                         storage_path=storage,
-                        callbacks=[StudyCallback(key)],
+                        callbacks=[StudyCallback(key), KeepState()],
                         # PBT clones a donor's checkpoint some time after choosing it: keep all
                         checkpoint_config=ray.tune.CheckpointConfig(
                             num_to_keep=None if isinstance(spec.tune.scheduler, Pbt) else 1

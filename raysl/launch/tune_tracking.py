@@ -2,7 +2,8 @@
 
 `StudyCallback` feeds trial events to MLflow (`raysl.tracking.StudyTracker`, through the
 outbox that survives a server restart) and to the terminal (`StudyTable`): a nested child run
-per trial, per-epoch metrics and the end status (FINISHED for completed and ASHA-stopped
+per trial, per-epoch metrics (each once, when a checkpoint or the trial's end commits it:
+`raysl.launch.epoch_log`) and the end status (FINISHED for completed and ASHA-stopped
 trials, `raysl.status` telling them apart; FAILED). `merge_results` adds, on a resumed study,
 the trials this driver did not see run; `study_params` and `study_records` log the study's
 search space, dataset and config on the parent run.
@@ -79,13 +80,18 @@ class StudyCallback(ray.tune.Callback):
             return
         metrics = _metrics(result)
         epoch = int(metrics.get("epoch", result.get("training_iteration", 0)))
-        tracker = active["tracker"]
-        active["outbox"].call("result", tracker.trial_result, trial.trial_id, metrics, epoch)
+        active["epochs"].add(trial.trial_id, metrics, epoch)  # logged once committed
         record = active["statuses"].setdefault(trial.trial_id, {"searched": dict(trial.config)})
         record.update(epochs=epoch, metrics=metrics)
         if result.get("pbt_from"):  # PBT: this trial continues another one's checkpoint
             _exploited(self.key, active, trial, record, result)
         active["table"].trial_result(trial.trial_id, epoch, metrics.get(active["spec"].tune.metric))
+
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        commit_epochs(self._active(), trial)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        drop_epochs(self._active(), trial)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         active = self._active()
@@ -105,6 +111,7 @@ class StudyCallback(ray.tune.Callback):
             reason = f"stopped by ASHA after epoch {epoch} of {spec.base.epochs}"
         record["status"] = status
         tracker = active["tracker"]
+        active["epochs"].commit(trial.trial_id)
         active["outbox"].call(
             "end", tracker.trial_ended, trial.trial_id, status, reason, stopped_at
         )
@@ -118,6 +125,7 @@ class StudyCallback(ray.tune.Callback):
         record = active["statuses"].setdefault(trial.trial_id, {"searched": dict(trial.config)})
         record["status"] = "failed"
         tracker = active["tracker"]
+        active["epochs"].commit(trial.trial_id)  # no retry follows: what it ran stands
         active["outbox"].call("end", tracker.trial_ended, trial.trial_id, "failed", reason, None)
         active["table"].trial_ended(trial.trial_id, "failed", reason)
 
@@ -141,6 +149,18 @@ def _exploited(
     if run_id:
         exploits = str(record["exploits"])
         active["outbox"].call("tag", tracker.client.set_tag, run_id, "raysl.pbt_exploits", exploits)
+
+
+def commit_epochs(active: dict[str, Any] | None, trial: Any) -> None:
+    """Tune registered the trial's checkpoint: its held epochs go to MLflow."""
+    if active is not None:
+        active["epochs"].commit(trial.trial_id)
+
+
+def drop_epochs(active: dict[str, Any] | None, trial: Any) -> None:
+    """The trial is retried from its last registered checkpoint: it runs its held epochs again."""
+    if active is not None:
+        active["epochs"].drop(trial.trial_id)
 
 
 def _metrics(result: Mapping[str, Any]) -> dict[str, float]:

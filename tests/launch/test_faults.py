@@ -43,11 +43,16 @@ def _space(tmp_path: Path, name: str, epochs: int, max_concurrent: int) -> Path:
 
 
 def _start_study(
-    tmp_path: Path, space: Path, uri: str, *extra: str, env: dict[str, str] | None = None
+    tmp_path: Path,
+    space: Path,
+    uri: str,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    program: tuple[str, ...] = ("-m", "raysl"),
 ) -> subprocess.Popen:
     name = space.stem
     args = [
-        sys.executable, "-m", "raysl", "tune", str(space), "--out", str(tmp_path / "runs" / name),
+        sys.executable, *program, "tune", str(space), "--out", str(tmp_path / "runs" / name),
         "--storage", str(tmp_path / "storage"), "--tracking-uri", uri, "-q", *extra,
     ]  # fmt: skip
     return subprocess.Popen(
@@ -197,6 +202,52 @@ def test_a_killed_trial_resumes_from_its_last_checkpoint(tmp_path: Path) -> None
     # it went on after the kill from where its checkpoint was: no epoch repeated, at most
     # the one in progress redone
     assert before and after and before[-1] + 1 == after[0], steps
+    assert "failed" not in output
+
+
+# The driver, with the one change that kills each trial's process right after Tune handed its
+# epoch-2 result to the study's callback: before Tune registers the checkpoint that came with it.
+_KILL_IN_THE_WINDOW = """
+import os, signal, sys
+from pathlib import Path
+from raysl.cli import main
+from raysl.launch import tune_tracking
+
+handed = tune_tracking.StudyCallback.on_trial_result
+killed = Path(sys.argv.pop(1))
+
+def on_trial_result(self, iteration, trials, trial, result, **info):
+    handed(self, iteration, trials, trial, result, **info)
+    done = killed.read_text().split() if killed.exists() else []
+    if result.get("epoch") == 2 and trial.trial_id not in done:
+        killed.write_text(" ".join([*done, trial.trial_id]))
+        os.kill(result["pid"], signal.SIGKILL)
+
+tune_tracking.StudyCallback.on_trial_result = on_trial_result
+main()
+"""
+
+
+def test_a_trial_killed_before_its_checkpoint_registers_logs_each_epoch_once(
+    tmp_path: Path,
+) -> None:
+    """Tune gives callbacks a result before it registers the result's checkpoint (a separate
+    save step). Each trial's process is killed between the two, at epoch 2, every time: the
+    retry resumes from the epoch-1 checkpoint and runs epoch 2 again, and MLflow still holds
+    every epoch exactly once (`raysl.launch.epoch_log`), the value of the attempt that lasted."""
+    epochs = 3
+    space = _space(tmp_path, "killed_in_window", epochs, max_concurrent=1)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    script, killed = tmp_path / "kill_in_the_window.py", tmp_path / "killed.txt"
+    script.write_text(_KILL_IN_THE_WINDOW)
+    driver = _start_study(tmp_path, space, uri, program=(str(script), str(killed)))
+    try:
+        output = _finish(driver, timeout=600)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    steps = _assert_every_epoch_once(uri, "killed_in_window", epochs)
+    assert sorted(killed.read_text().split()) == sorted(steps), (killed.read_text(), steps)
     assert "failed" not in output
 
 
