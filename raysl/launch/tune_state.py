@@ -47,17 +47,21 @@ GOOD, CORRUPT = ".last-good", ".corrupt"
 
 
 def reads_whole(path: Path) -> bool:
-    """Whether `path` holds a complete pickle or JSON document (not truncated). Told apart
-    by content: Tune's `basic-variant-state-*.json` is a pickle despite its name."""
+    """Whether `path` holds a complete pickle or JSON document (not truncated)."""
     try:
-        data = path.read_bytes()
+        return whole(path.read_bytes())
+    except OSError:
+        return False
+
+
+def whole(data: bytes) -> bool:
+    """Whether `data` is a complete pickle or JSON document. Told apart by content: Tune's
+    `basic-variant-state-*.json` is a pickle despite its name."""
+    try:
         if data[:1] == b"\x80":  # a pickle's PROTO opcode (protocol 2 and up)
-            ops = list(pickletools.genops(data))
-            if ops[-1][0].name != "STOP":
-                return False
-        else:
-            json.loads(data)
-    except (OSError, ValueError, IndexError):  # JSONDecodeError is a ValueError, as a cut pickle's
+            return list(pickletools.genops(data))[-1][0].name == "STOP"
+        json.loads(data)
+    except (ValueError, IndexError):  # JSONDecodeError is a ValueError, as a cut pickle's
         return False
     return bool(data)
 
@@ -72,15 +76,15 @@ def keep_good_copies(directory: Path, seen: dict[str, tuple[int, int]]) -> None:
     for path in state_files(directory):
         stat = path.stat()
         stamp = (stat.st_mtime_ns, stat.st_size)
-        if seen.get(path.name) == stamp or not reads_whole(path):
-            continue  # unchanged, or being written: looked at again next step
+        if seen.get(path.name) == stamp:
+            continue
+        data = path.read_bytes()  # one read: what is checked is what is kept
+        if not whole(data):
+            continue  # being written: looked at again next step
         tmp = path.with_name(path.name + GOOD + ".tmp")
-        shutil.copyfile(path, tmp)
-        if reads_whole(tmp):  # the file did not change under the copy
-            os.replace(tmp, path.with_name(path.name + GOOD))
-            seen[path.name] = stamp
-        else:
-            tmp.unlink(missing_ok=True)
+        tmp.write_bytes(data)
+        os.replace(tmp, path.with_name(path.name + GOOD))
+        seen[path.name] = stamp
 
 
 def repair_state(experiment: str) -> list[str]:
