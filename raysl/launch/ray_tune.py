@@ -137,7 +137,12 @@ def run_study(
         # an epoch reaches MLflow once its checkpoint is registered (raysl.launch.epoch_log)
         ACTIVE[key]["epochs"] = EpochLog(
             lambda trial, metrics, epoch: outbox.call(
-                "result", tracker.trial_result, trial, metrics, epoch
+                "result",
+                tracker.trial_result,
+                trial,
+                metrics,
+                epoch,
+                again=tracker.trial_result_again,
             )
         )
         ACTIVE[key]["inputs"] = study_records(tracker, spec, resume)

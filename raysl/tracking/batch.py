@@ -53,16 +53,42 @@ def log_tags(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None
         client.log_batch(run_id, tags=items[i : i + BATCH])
 
 
-def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, Any], step: int) -> None:
-    """Every real-valued entry (NaN and inf included) at `step`; other values are skipped."""
+def log_metrics(
+    client: MlflowClient,
+    run_id: str,
+    metrics: Mapping[str, Any],
+    step: int,
+    tags: Mapping[str, Any] | None = None,
+) -> None:
+    """Every real-valued entry (NaN and inf included) at `step`; other values are skipped.
+
+    `tags` go in the same request as the first metrics, so a server that fails part-way
+    cannot keep the metrics without them."""
     now = int(time.time() * 1000)
-    items = [
+    items = _metrics_at(metrics, step, now)
+    first = [RunTag(k, str(v)[:MAX_TAG]) for k, v in (tags or {}).items()]
+    for i in range(0, max(len(items), 1), METRICS_BATCH):
+        client.log_batch(run_id, metrics=items[i : i + METRICS_BATCH], tags=first)
+        first = []
+
+
+def logged_at(client: MlflowClient, run_id: str, metrics: Mapping[str, Any], step: int) -> bool:
+    """Whether the run already holds `metrics` at `step` (read from one of them: they are
+    logged in one request). A write whose request failed checks this before it is sent again:
+    MLflow appends metrics, so a request applied before its answer was lost would repeat."""
+    items = _metrics_at(metrics, step, 0)
+    if not items:
+        return False
+    history = client.get_metric_history(run_id, items[0].key)
+    return any(m.step == int(step) for m in history)
+
+
+def _metrics_at(metrics: Mapping[str, Any], step: int, now: int) -> list[Metric]:
+    return [
         Metric(metric_key(k), float(v), now, int(step))
         for k, v in metrics.items()
         if isinstance(v, numbers.Real) and not isinstance(v, bool)
     ]
-    for i in range(0, len(items), METRICS_BATCH):
-        client.log_batch(run_id, metrics=items[i : i + METRICS_BATCH])
 
 
 def param_value(value: Any) -> str:

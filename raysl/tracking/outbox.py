@@ -6,7 +6,10 @@ exponential backoff), so a server restarted within that time costs only a pause.
 still fails and the server does not answer `/health`, the write is queued instead of failing the
 study, the terminal gets one line, and every later write queues behind it (MLflow sees them in
 order). The queue is delivered as soon as the server answers again: the metrics logged while it
-was down arrive afterwards, at their own steps. At the end the study waits up to 5 minutes
+was down arrive afterwards, at their own steps. A write whose request failed may still have been
+applied (the server went away after applying it, before its answer arrived): a write that must
+not be applied twice (metrics, which MLflow appends) names an `again`, which sends it once more
+only where it is missing. At the end the study waits up to 5 minutes
 for the server; whatever is still queued then is reported in one line (`gap`).
 """
 
@@ -40,10 +43,22 @@ class Outbox:
         self.down_since: float | None = None
         self.delivered_late = 0
 
-    def call(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
-        """`fn(*args)` now, or queued behind earlier writes while the server is away."""
+    def call(
+        self,
+        what: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        again: Callable[..., Any] | None = None,
+    ) -> None:
+        """`fn(*args)` now, or queued behind earlier writes while the server is away.
+
+        `again(*args)` replaces `fn(*args)` for every later attempt (a queued write has had
+        one that failed, or waits behind one): it must do what `fn` does except what a failed
+        attempt may already have done. Left out, `fn` is repeated as it is (tags, a status).
+        """
+        resend = again or fn
         if self.pending and not self.flush():
-            self.pending.append((what, fn, args))
+            self.pending.append((what, resend, args))
             return
         try:
             fn(*args)
@@ -51,10 +66,10 @@ class Outbox:
             if not self.server:
                 raise
             if self._healthy():  # back already, or a real error (bad value): once more
-                fn(*args)
+                resend(*args)
                 return
             self._went_down(error)
-            self.pending.append((what, fn, args))
+            self.pending.append((what, resend, args))
 
     def flush(self) -> bool:
         """Deliver the queue if the server answers; True when nothing is left."""

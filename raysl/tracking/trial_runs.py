@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-from raysl.tracking.batch import log_metrics, log_params, log_tags
+from raysl.tracking.batch import log_metrics, log_params, log_tags, logged_at
 from raysl.tracking.describe import trial_note, trial_run_name
 from raysl.tracking.params import relevant_params
 from raysl.tracking.store import search_all
@@ -112,16 +112,27 @@ class TrialRuns:
             log_params(self.client, run_id, params, resumed=False)
             return run_id
 
-    def trial_result(self, trial_id: str, metrics: Mapping[str, float], step: int) -> None:
-        """Log every numeric metric at `step` (completed epochs). `epoch` is not logged: it is
-        the step (a metric `epoch` would only repeat it in every chart); the tag `raysl.epochs`
-        holds the epochs run."""
+    def trial_result(
+        self, trial_id: str, metrics: Mapping[str, float], step: int, again: bool = False
+    ) -> None:
+        """Log every numeric metric at `step` (completed epochs), with the tag `raysl.epochs`
+        (the epochs run) in the same request. `epoch` is not logged: it is the step (a metric
+        `epoch` would only repeat it in every chart). `again`: an earlier attempt failed and may
+        have been applied (`raysl.tracking.outbox`), so metrics already at `step` stay as
+        they are."""
         with self._lock:
             run_id = self._run_of(trial_id)
             self._last_step[trial_id] = max(step, self._last_step.get(trial_id, step))
             values = {k: v for k, v in metrics.items() if k != "epoch"}
-            log_metrics(self.client, run_id, values, step)
-            log_tags(self.client, run_id, {"raysl.epochs": self._last_step[trial_id]})
+            if again and logged_at(self.client, run_id, values, step):
+                values = {}
+            log_metrics(
+                self.client, run_id, values, step, {"raysl.epochs": self._last_step[trial_id]}
+            )
+
+    def trial_result_again(self, trial_id: str, metrics: Mapping[str, float], step: int) -> None:
+        """`trial_result` sent once more after a failed attempt (the outbox's `again`)."""
+        self.trial_result(trial_id, metrics, step, again=True)
 
     def trial_ended(
         self,

@@ -344,7 +344,9 @@ def test_a_lost_node_s_trial_is_retried_on_the_remaining_node(
 ) -> None:
     from ray._private import ray_constants
 
-    epochs = 5
+    # 8 epochs of ~3 s: both trials must show 1..6 epochs in MLflow at once, and an epoch
+    # reaches MLflow only once its checkpoint is registered (5 epochs left too short a window)
+    epochs = 8
     space = _space(tmp_path, "lost_node", epochs, max_concurrent=2)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     worker = next(n for n in two_nodes.list_all_nodes() if not n.head)
@@ -396,6 +398,53 @@ def test_ctrl_c_prints_the_resume_hint_and_the_study_resumes(tmp_path: Path) -> 
     resumed = _start_study(tmp_path, space, uri, "--resume")
     _finish(resumed)
     _assert_every_epoch_once(uri, "interrupted", epochs)
+
+
+@pytest.mark.parametrize("again", [True, False], ids=["checked", "repeated"])
+def test_a_write_the_server_applied_before_it_went_away_is_not_repeated(
+    tmp_path: Path, again: bool
+) -> None:
+    """The server applies an epoch's metrics and then stops before its answer arrives (what
+    the restart test hit on CI: epoch 1 twice). Queued, the write is sent again once the server
+    is back; sent again as `trial_result_again` (what studies use) the metrics already there are
+    not appended a second time, and the tag that rode with them is kept. Sent again as plain
+    `trial_result` (`repeated`) MLflow holds the epoch twice: the check makes the difference."""
+    from mlflow.tracking import MlflowClient
+
+    from raysl.tracking import StudyTracker
+    from raysl.tracking.outbox import Outbox
+
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = _mlflow_server(tmp_path, port)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+            tracker = StudyTracker(uri, "applied", "study")
+            tracker.trial_started("t0", "trial_t0", {"seed": 0}, ["seed"])
+            lines: list[str] = []
+            box = Outbox(uri, echo=lines.append)
+
+            def applied_then_lost(trial_id: str, metrics: dict, step: int) -> None:
+                nonlocal server
+                tracker.trial_result(trial_id, metrics, step)  # the server applies it ...
+                _stop(server)  # ... and goes away before the client hears back
+                raise ConnectionResetError("connection reset by peer")
+
+            metrics = {"val/knn_top1": 61.0, "train/loss": 5.5}
+            resend = tracker.trial_result_again if again else tracker.trial_result
+            box.call("result", applied_then_lost, "t0", metrics, 1, again=resend)
+            assert len(box.pending) == 1 and "does not answer" in lines[0], lines
+            server = _mlflow_server(tmp_path, port)
+            assert box.flush() and not box.pending
+            run_id = tracker._run_of("t0")
+            client = MlflowClient(uri)
+            steps = [m.step for m in client.get_metric_history(run_id, "val/knn_top1")]
+            assert steps == ([1] if again else [1, 1]), steps
+            assert client.get_run(run_id).data.tags["raysl.epochs"] == "1"
+            tracker.study_ended(None, "completed")
+    finally:
+        _stop(server)
 
 
 def test_writes_that_never_reach_the_server_are_reported_in_one_line(
