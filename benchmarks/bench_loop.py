@@ -12,16 +12,21 @@ against torchvision's per-sample pipeline, measured in one run.
     Target: raysl / bare >= 0.97.
 (2) Augmentation: `benchmarks/bench_augment.py`'s `measure` (raysl vs torchvision v2 per
     sample vs kornia, SimCLR, 2 views, 3x32x32). Target: raysl / torchvision >= 5.
-(3) The CPU step: `fit()` at its default (fp32, NCHW on CPU) against `fit()` with each CPU
-    option: `memory_format: channels_last`, `precision: bf16` (autocast), both, and
-    `compile: true`; with `--against REV`, also against the raysl of git revision REV itself
-    (checked out with `git worktree`, run in a subprocess: "the previous version"). Ratios
-    over the default and over REV, variants alternating within each repeat; img/s of the
-    last of 2 epochs (compilation and first-touch allocations fall in the first). None of
-    the options is the CPU default: each changes results (RESULTS.md, "The CPU step").
+(3) The CPU step and a trial's evaluation: `fit()` at its default (fp32, NCHW on CPU) against
+    `fit()` with each CPU option (`memory_format: channels_last`, `precision: bf16`
+    (autocast), both, `compile: true`) and, with `--against REV`, against the raysl of git
+    revision REV itself ("the previous version": checked out with `git worktree`, timed by
+    this file's own `run_timings` in a subprocess whose `raysl` is REV's). The run is a
+    bench_search trial in miniature: 2 epochs on 10 % of Fashion-MNIST (5,400 images; kNN bank
+    that subset, 6,000 val queries, k = 200 and 20 every epoch), then the final report (test
+    kNN, both linear probes). Three figures each: training img/s (the steps of epoch 2), the
+    whole of epoch 2 with its val kNN (training images per second of epoch wall) and the
+    final report's seconds. Variants alternate within each repeat; ratios over the default
+    and over REV. None of the options is the CPU default: each changes results (RESULTS.md,
+    "The CPU step").
 
     python benchmarks/bench_loop.py [--steps 30] [--repeats 5] [--batch 256] [--width 16]
-    python benchmarks/bench_loop.py --against a95e676   # (3) also against that commit
+    python benchmarks/bench_loop.py --skip-loop --skip-augment --against 68db068   # (3) vs a commit
     python benchmarks/bench_loop.py --smoke     # tiny sizes, a few seconds (the test suite)
 
 `bare_throughput` also takes a device, bf16 autocast, channels-last and torch.compile, so
@@ -31,6 +36,7 @@ against torchvision's per-sample pipeline, measured in one run.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -54,7 +60,8 @@ from raysl.reporting import Recorder
 from raysl.train import fit
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
-REPO = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 
 
 def make_config(steps: int, batch: int, width: int, fashion: bool = True) -> Config:
@@ -75,6 +82,37 @@ def raysl_throughput(cfg: Config) -> float:
     return recorder.epochs[-1]["train/throughput"]
 
 
+def trial_config(batch: int, width: int, smoke: bool) -> Config:
+    """(3): a bench_search trial in miniature (2 epochs on 10 % of Fashion-MNIST, val kNN at
+    k = 200 and 20 every epoch, the final test kNN and linear probes)."""
+    data = {"data.source": "fashion_mnist", "data.train_fraction": 0.1}
+    if smoke or not FASHION.is_dir():
+        data = {"data.source": "synthetic", "data.synthetic.num_samples": 512,
+                "data.synthetic.image_size": 28, "data.synthetic.channels": 1}  # fmt: skip
+    return Config().override({
+        **data, "epochs": 2, "data.batch_size": batch, "model.width": width,
+        "augment.preset": "simclr", "augment.blur_prob": 0.0, "augment.crop_min_scale": 0.2,
+        "optim.warmup_epochs": 0.0, "eval.knn_k": [200, 20], "eval.linear_probe": True,
+        "log_every": 1000,
+    })  # fmt: skip
+
+
+def run_timings(cfg: Config) -> dict[str, float]:
+    """`fit(cfg)` of >= 2 epochs: training img/s of the last epoch, training images per second
+    of the last epoch's whole wall (its val kNN included), and the final report's seconds."""
+    recorder = Recorder()
+    started = time.perf_counter()
+    fit(cfg, recorder)
+    total = time.perf_counter() - started
+    last, before = recorder.epochs[-1], recorder.epochs[-2]
+    images = last["train/throughput"] * last["train/epoch_time"]
+    return {
+        "train": last["train/throughput"],
+        "epoch": images / (last["time/elapsed"] - before["time/elapsed"]),
+        "final": total - last["time/elapsed"],
+    }
+
+
 # (3): name -> overrides of make_config's config (the first is the reference)
 STEP_VARIANTS = {
     "default": {},
@@ -83,44 +121,49 @@ STEP_VARIANTS = {
     "channels_last+bf16": {"memory_format": "channels_last", "precision": "bf16"},
     "compile": {"compile": True},
 }
-_AGAINST = """import sys; sys.path[:0] = [{tree!r}, {tree!r} + "/benchmarks"]
-import bench_loop as b
-cfg = b.make_config({steps}, {batch}, {width}, fashion={fashion}).override({{"epochs": 2}})
-print(b.raysl_throughput(cfg))"""
+_AGAINST = """import json, sys; sys.path[:0] = [{tree!r}, {here!r}]
+import bench_loop as b  # this file's timing, the raysl of the tree
+cfg = b.trial_config({batch}, {width}, smoke={smoke})
+print(json.dumps(b.run_timings(cfg)))"""
+FIGURES = {"train": "training img/s", "epoch": "epoch img/s (val kNN included)",
+           "final": "final report, s"}  # fmt: skip
 
 
-def against_throughput(tree: Path, steps: int, batch: int, width: int, fashion: bool) -> float:
-    """`raysl_throughput` of the raysl checked out at `tree`, in a fresh subprocess."""
-    code = _AGAINST.format(tree=str(tree), steps=steps, batch=batch, width=width, fashion=fashion)
+def against_timings(tree: Path, batch: int, width: int, smoke: bool) -> dict[str, float]:
+    """`run_timings` of the raysl checked out at `tree`, in a fresh subprocess."""
+    code = _AGAINST.format(tree=str(tree), here=str(HERE), batch=batch, width=width, smoke=smoke)
     env = {**os.environ, "PYTHONPATH": str(tree)}
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
-    return float(out.stdout.split()[-1])
+    return json.loads(out.stdout.splitlines()[-1])
 
 
 def step_variants(args: argparse.Namespace, tree: Path | None) -> None:
-    """(3): each variant's img/s and its ratio over `default`, alternating within repeats."""
-    base = make_config(args.steps, args.batch, args.width, fashion=not args.smoke)
+    """(3): each variant's figures and their ratios over `default` (and REV), alternating."""
+    base = trial_config(args.batch, args.width, args.smoke)
     names = [n for n in STEP_VARIANTS if n != "compile" or not args.no_compile]
-    runs: dict[str, list[float]] = {n: [] for n in [*names, *(["against"] if tree else [])]}
+    runs: dict[str, list[dict[str, float]]] = {n: [] for n in [*names, *(["against"] * bool(tree))]}
     for _ in range(args.repeats):
         for name in names:
-            cfg = base.override({"epochs": 2, **STEP_VARIANTS[name]})
-            runs[name].append(raysl_throughput(cfg))
+            runs[name].append(run_timings(base.override(STEP_VARIANTS[name])))
         if tree:
-            runs["against"].append(
-                against_throughput(tree, args.steps, args.batch, args.width, not args.smoke)
-            )
-    print(f"(3) the CPU step, fit() img/s ({torch.get_num_threads()} threads), last of 2 epochs:")
+            runs["against"].append(against_timings(tree, args.batch, args.width, args.smoke))
+    print(f"(3) the CPU step and a trial's evaluation, fit() ({torch.get_num_threads()} threads), "
+          f"{base.data.source}, 2 epochs:")  # fmt: skip
     label = {"against": f"raysl {args.against}", "default": "default"}
-    for name, values in runs.items():
-        print(f"    {label.get(name, name):22s} {spread(values)}")
-    for ref in ["default", *(["against"] if tree else [])]:
-        for name in (n for n in names if n != ref):
-            ratios = [a / b for a, b in zip(runs[name], runs[ref], strict=True)]
-            print(f"    ratio {name}/{label[ref]}: median {statistics.median(ratios):.2f} "
-                  f"(min {min(ratios):.2f}, max {max(ratios):.2f})")  # fmt: skip
+    for key, figure in FIGURES.items():
+        print(f"  {figure}:")
+        for name, values in runs.items():
+            digits = 2 if key == "final" else 0
+            print(f"    {label.get(name, name):22s} {spread([v[key] for v in values], digits)}")
+        for ref in ["default", *(["against"] if tree else [])]:
+            for name in (n for n in names if n != ref):
+                ratios = [a[key] / b[key] for a, b in zip(runs[name], runs[ref], strict=True)]
+                if key == "final":  # seconds: the speed-up is the inverse
+                    ratios = [1 / r for r in ratios]
+                print(f"    speed-up {name}/{label[ref]}: median {statistics.median(ratios):.2f} "
+                      f"(min {min(ratios):.2f}, max {max(ratios):.2f})")  # fmt: skip
 
 
 def loop_overhead(cfg: Config, repeats: int) -> None:
@@ -215,10 +258,9 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def spread(values: list[float]) -> str:
-    return (
-        f"median {statistics.median(values):,.0f} (min {min(values):,.0f}, max {max(values):,.0f})"
-    )
+def spread(values: list[float], digits: int = 0) -> str:
+    f = f",.{digits}f"
+    return f"median {statistics.median(values):{f}} (min {min(values):{f}}, max {max(values):{f}})"
 
 
 def main() -> None:

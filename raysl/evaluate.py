@@ -191,6 +191,13 @@ class Evaluator:
     val split. Final report (never tuned on): bank = train +
     val, queries = the test split; with `cfg.linear_probe`, probes trained on train (scored on
     val) and on train + val (scored on test).
+
+    Each split is embedded once per state of the weights: the last epoch's val kNN, the test
+    kNN and both probes share the train, val and test features (before, the final report
+    embedded train and val twice and test twice). The memo is keyed on the version counters
+    of the backbone's parameters and buffers, which every optimizer step and every
+    `load_state_dict` advances, and `forget()` empties it (the loop calls it before each
+    epoch, so no features are held while training).
     """
 
     def __init__(
@@ -204,30 +211,52 @@ class Evaluator:
     ) -> None:
         self.cfg, self.splits, self.transform = cfg, splits, transform
         self.device, self.autocast, self.seed = device, autocast, seed
+        self._memo: dict[str, tuple[tuple[int, ...], Tensor]] = {}
 
     def features(self, backbone: nn.Module, images: Tensor) -> Tensor:
         return extract_features(
             backbone, images, self.transform, self.cfg.batch_size, self.device, self.autocast
         )
 
-    def _bank(self, backbone: nn.Module, include_val: bool) -> tuple[Tensor, Tensor]:
-        sets = [self.splits.train, self.splits.val] if include_val else [self.splits.train]
-        images = torch.cat([s.images[s.labels >= 0] for s in sets])
-        labels = torch.cat([s.labels[s.labels >= 0] for s in sets])
-        if self.cfg.bank_limit and not include_val:
-            images, labels = images[: self.cfg.bank_limit], labels[: self.cfg.bank_limit]
-        return self.features(backbone, images), labels
+    def forget(self) -> None:
+        """Drop the embedded splits (the weights are about to change)."""
+        self._memo.clear()
 
-    def knn(
-        self, backbone: nn.Module, queries, split: str, include_val: bool = False
-    ) -> dict[str, float]:
-        """kNN top-1 (%) of `queries` (an ImageSet) against the training bank, by metric name:
-        `<split>/knn_top1` at the first k of `eval.knn_k` and, when it is a list,
-        `<split>/knn_top1_k<k>` at every k (one similarity pass for all of them)."""
+    def embedded(
+        self, backbone: nn.Module, split: str, labelled: bool = False, limit: int | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Features (N, F) and labels (N,) of split `split` ('train', 'val' or 'test'): all its
+        images, or with `labelled` only those with a label (-1: none); the first `limit` of
+        them. Computed once per state of `backbone`'s weights."""
+        labels = getattr(self.splits, split).labels
+        rows, name = None, split
+        if labelled and not bool((labels >= 0).all()):
+            rows, name = (labels >= 0).nonzero().squeeze(1)[:limit], f"{split}:labelled[:{limit}]"
+        elif limit is not None and limit < len(labels):
+            rows, name = torch.arange(limit), f"{split}[:{limit}]"
+        state = (id(backbone), *(t._version for t in _tensors(backbone)))
+        kept = self._memo.get(name)
+        if kept is None or kept[0] != state:
+            images = getattr(self.splits, split).images
+            kept = (state, self.features(backbone, images if rows is None else images[rows]))
+            self._memo[name] = kept
+        return kept[1], (labels if rows is None else labels[rows])
+
+    def _bank(self, backbone: nn.Module, include_val: bool) -> tuple[Tensor, Tensor]:
+        if not include_val:  # the monitoring bank: at most `bank_limit` labelled images
+            return self.embedded(backbone, "train", True, self.cfg.bank_limit or None)
+        train, val = self.embedded(backbone, "train", True), self.embedded(backbone, "val", True)
+        return torch.cat([train[0], val[0]]), torch.cat([train[1], val[1]])
+
+    def knn(self, backbone: nn.Module, split: str, include_val: bool = False) -> dict[str, float]:
+        """kNN top-1 (%) of split `split` ('val' or 'test') against the training bank (with
+        `include_val`, train + val), by metric name: `<split>/knn_top1` at the first k of
+        `eval.knn_k` and, when it is a list, `<split>/knn_top1_k<k>` at every k (one similarity
+        pass for all of them)."""
         bank, labels = self._bank(backbone, include_val)
         ks = self.cfg.ks
         top1 = knn_top1_ks(
-            bank, labels, self.features(backbone, queries.images), queries.labels,
+            bank, labels, *self.embedded(backbone, split),
             self.splits.num_classes, ks, self.cfg.knn_temperature,
         )  # fmt: skip
         out = {f"{split}/knn_top1": top1[ks[0]]}
@@ -241,12 +270,9 @@ class Evaluator:
         cfg, splits, out = self.cfg, self.splits, {}
         test = splits.test if cfg.test else None
         if test is not None:
-            out.update(self.knn(backbone, test, "test", include_val=True))
+            out.update(self.knn(backbone, "test", include_val=True))
         if cfg.linear_probe:
-            train_f, val_f = (
-                self.features(backbone, splits.train.images),
-                self.features(backbone, splits.val.images),
-            )
+            train_f, val_f = self.embedded(backbone, "train")[0], self.embedded(backbone, "val")[0]
             probe = {
                 "num_classes": splits.num_classes,
                 "epochs": cfg.probe_epochs,
@@ -260,6 +286,10 @@ class Evaluator:
                     torch.cat([train_f, val_f]),
                     torch.cat([splits.train.labels, splits.val.labels]),
                 )
-                scored = {"test": (self.features(backbone, test.images), test.labels)}
+                scored = {"test": (self.embedded(backbone, "test")[0], test.labels)}
                 out["test/linear_top1"] = linear_probe(both_f, both_y, scored, **probe)["test"]
         return out
+
+
+def _tensors(module: nn.Module) -> list[Tensor]:
+    return [*module.parameters(), *module.buffers()]

@@ -224,7 +224,7 @@ class _Run:
             metrics.update(self.values.metrics())
             last = self.epoch == cfg.epochs
             if last or self.epoch % cfg.eval.every == 0:
-                metrics.update(self.evaluator.knn(self.model.backbone, self.splits.val, "val"))
+                metrics.update(self.evaluator.knn(self.model.backbone, "val"))
             self.history.append(metrics)
             checkpoint = None
             if (
@@ -265,6 +265,7 @@ class _Run:
         epoch_sum = torch.zeros(len(names), device=rt.device, dtype=torch.float64)
         window_sum, window_n = torch.zeros_like(epoch_sum), 0
         self.model.train()
+        self.evaluator.forget()  # features of the weights before this epoch
         started = time.perf_counter()
         for i, batch in enumerate(self.batches.epoch(self.epoch)):
             for group in self.optimizer.param_groups:

@@ -70,6 +70,27 @@ def test_smoke(script: str) -> None:
             assert line in result.stdout, result.stdout
 
 
+def test_bench_loop_times_a_previous_version_with_the_same_code() -> None:
+    """(3) against a git revision: its raysl, checked out in a worktree, timed by this
+    bench_loop; the worktree is removed afterwards."""
+    result = _run(
+        str(BENCH / "bench_loop.py"),
+        "--smoke",
+        "--skip-loop",
+        "--skip-augment",
+        "--against",
+        "HEAD",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for figure in ("training img/s", "epoch img/s (val kNN included)", "final report, s"):
+        assert f"  {figure}:" in result.stdout
+    assert result.stdout.count("speed-up default/raysl HEAD") == 3, result.stdout
+    worktrees = subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "list"], capture_output=True, text=True, check=True
+    )
+    assert "raysl-against-" not in worktrees.stdout
+
+
 @pytest.mark.slow
 @pytest.mark.ray
 def test_gpu_check_dry_run_runs_every_part_on_the_cpu(tmp_path: Path) -> None:

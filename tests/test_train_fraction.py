@@ -131,7 +131,7 @@ def test_the_knn_bank_is_the_subset():
         w = ((query.double() @ feats.double().T) / 0.1).exp()  # (Q, N)
         votes = torch.zeros(len(query), 10, dtype=torch.float64).index_add_(1, labels, w)
     want = 100.0 * (votes.argmax(1) == splits.val.labels).double().mean().item()
-    assert evaluator.knn(backbone, splits.val, "val")["val/knn_top1"] == pytest.approx(want)
+    assert evaluator.knn(backbone, "val")["val/knn_top1"] == pytest.approx(want)
 
 
 # ---- bad values: exit 2, one line naming data.train_fraction, nothing created ----------------
