@@ -142,7 +142,7 @@ def against_timings(tree: Path, batch: int, width: int, smoke: bool) -> dict[str
 def step_variants(args: argparse.Namespace, tree: Path | None) -> None:
     """(3): each variant's figures and their ratios over `default` (and REV), alternating."""
     base = trial_config(args.batch, args.width, args.smoke)
-    names = [n for n in STEP_VARIANTS if n != "compile" or not args.no_compile]
+    names = [n for n in args.variants.split(",") if n != "compile" or not args.no_compile]
     runs: dict[str, list[dict[str, float]]] = {n: [] for n in [*names, *(["against"] * bool(tree))]}
     for _ in range(args.repeats):
         for name in names:
@@ -273,11 +273,20 @@ def main() -> None:
     parser.add_argument("--skip-augment", action="store_true", help="leave out (2)")
     parser.add_argument("--skip-step", action="store_true", help="leave out (3)")
     parser.add_argument("--no-compile", action="store_true", help="(3) without torch.compile")
+    parser.add_argument(
+        "--variants", default=",".join(STEP_VARIANTS), help="(3) which fit() settings to time"
+    )
     parser.add_argument("--against", metavar="REV", help="(3) also against raysl at git REV")
     parser.add_argument(
         "--smoke", action="store_true", help="tiny sizes, a few seconds (what the tests run)"
     )
     args = parser.parse_args()
+    if unknown := set(args.variants.split(",")) - set(STEP_VARIANTS):
+        parser.error(
+            f"--variants: unknown {', '.join(sorted(unknown))}; any of {', '.join(STEP_VARIANTS)}"
+        )
+    if "default" not in args.variants.split(","):
+        parser.error("--variants: list default (the reference of every ratio)")
     if args.smoke:
         args.steps, args.repeats, args.batch, args.width = 3, 1, 32, 8
         args.no_compile = True  # compiling takes a minute: not a smoke test's job

@@ -33,15 +33,15 @@ the search, on val.
 Sizing (2026-12-03, this 2-vCPU machine, quiet; `RESULTS.md`, "bench_search"):
 one trial-epoch of this config (training on 5,400 images of two views + the val kNN) takes
 10.1 CPU-s on 1 thread (`--cost 3`: 9.6, 10.1, 10.5 s; start-up 0.5 s); in a real study 2
-trials at a time cost 5.6 s of wall per trial-epoch (4 trials × 3 epochs: 67 s of trials, plus
-~15 s per study for set-up, the winner's test kNN and plots), and PBT's 12 trials at once on 2
-cores 7.7 s (24 trial-epochs in 190 s; ~1 GB of memory per trial, 12.8 GB at the peak). With
-12 trials × 4 epochs = 48 trial-epochs per study: random 48 × 5.6 + 15 ≈ 285 s, TPE the same,
-TPE + ASHA 30 trials spending ~58 trial-epochs (20 % past the budget, cut) ≈ 360 s, PBT
-48 × 7.7 + 15 + ~40 s of starts ≈ 425 s; ≈ 1,355 s per seed, **≈ 68 min for 3 seeds**, leaving
-~25 % for noise under the 90-minute limit (12 studies, 605 trial-epochs). Measured alone on
-2026-12-04: 92 min (benchmarks/RESULTS.md), the per-study overhead larger than counted here;
-`--epochs 3` or `--trials 10` fits 90 min. Other jobs on the cores stretch every number.
+trials at a time cost 5.6 s of wall per trial-epoch, and PBT's 12 trials at once on 2 cores
+7.7 s (~1 GB of memory per trial, 12.8 GB at the peak). The first full run (2026-12-04,
+12 trials × 4 epochs = 48 trial-epochs per study, alone) took **92 min**, 35 % more than
+those per-epoch costs predict: each study's start-up, PBT's 12 processes starting at once
+(~2.5 min of its ~9), and TPE + ASHA's 30 trials spending 20–48 % past the budget (cut
+from the comparison, but run). Hence the default of **11 trials × 4 epochs = 44
+trial-epochs**: 92 min × 44/48, and the CPU step's exact speed-ups of 2026-12-06 (the
+pooling and the evaluation memo, "The CPU step"), predict ~80 min for 3 seeds; measured in
+RESULTS.md. Other jobs on the cores stretch every number.
 
 Writes `bench_search.parquet` (every epoch result: method, seed, trial, epoch, val/knn_top1,
 spent, …) and `bench_search.png` (anytime curves: mean over seeds, band = lowest to highest
@@ -79,7 +79,7 @@ from study_runner import run_timed  # noqa: E402
 from raysl.search import load_search_spec  # noqa: E402
 from raysl.yamlio import unflatten  # noqa: E402
 
-EPOCHS, TRIALS, SEEDS = 4, 12, 3  # full run: 12 × 4 = 48 trial-epochs per study (sizing above)
+EPOCHS, TRIALS, SEEDS = 4, 11, 3  # full run: 11 × 4 = 44 trial-epochs per study (sizing above)
 CONFIG = {
     "log_every": 1000,
     "data.source": "fashion_mnist",

@@ -171,24 +171,15 @@ def retrain_all(study: dict[str, Any], args: argparse.Namespace) -> None:
 
 def raw_pixels(source_flat: dict[str, Any]) -> dict[str, float]:
     """Raw pixels, the same final protocol: kNN k = 200 and 20 and the linear probe."""
-    import torch
-    import torch.nn.functional as F
+    from raw_pixels import raw_pixels as score
 
     from raysl.config import Config
     from raysl.data import load_splits
-    from raysl.evaluate import knn_top1_ks, linear_probe
 
     cfg = Config.from_flat({**source_flat, **FINAL})
-    s = load_splits(cfg.data, seed=cfg.seed)
-    bank = torch.cat([s.train.images, s.val.images]).flatten(1).float()
-    labels = torch.cat([s.train.labels, s.val.labels])
-    test = s.test.images.flatten(1).float()
-    ks = [k for k in (200, 20) if k <= len(bank)]
-    knn = knn_top1_ks(F.normalize(bank, dim=1), labels, F.normalize(test, dim=1), s.test.labels,
-                      s.num_classes, ks, cfg.eval.knn_temperature)  # fmt: skip
-    probe = linear_probe(bank, labels, {"test": (test, s.test.labels)}, s.num_classes,
-                         cfg.eval.probe_epochs, cfg.eval.probe_lr, seed=0)  # fmt: skip
-    return {**{f"test/knn_top1_k{k}": v for k, v in knn.items()}, "test/linear_top1": probe["test"]}
+    e = cfg.eval
+    splits = load_splits(cfg.data, seed=cfg.seed)
+    return score(splits, e.ks, e.knn_temperature, e.probe_epochs, e.probe_lr)
 
 
 def mean_std(values: list[float]) -> str:

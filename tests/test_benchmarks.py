@@ -22,7 +22,9 @@ SCRIPTS: dict[str, tuple[list[str], str, list]] = {
     "bench_augment.py": (["--smoke"], "raysl/torchvision", []),
     "bench_loop.py": (["--smoke"], "ratio raysl/bare", []),
     "bench_losses.py": (["--smoke"], "mean_shift (CMSF 2q)", []),
-    "bench_fashion_mnist.py": (["--smoke"], "margin over raw pixels", []),
+    "bench_fashion_mnist.py": (
+        ["--smoke"], "T = 0.1: kNN k=200 | kNN k=20 | linear probe", [],
+    ),
     "bench_tune.py": (["--smoke"], "study wall / sum of fit time", [pytest.mark.slow, pytest.mark.ray]),
     "bench_search.py": (
         ["--smoke"], "budget fraction to reach random's final best", [pytest.mark.slow, pytest.mark.ray],
