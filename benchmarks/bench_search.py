@@ -38,10 +38,11 @@ trials at a time cost 5.6 s of wall per trial-epoch, and PBT's 12 trials at once
 12 trials × 4 epochs = 48 trial-epochs per study, alone) took **92 min**, 35 % more than
 those per-epoch costs predict: each study's start-up, PBT's 12 processes starting at once
 (~2.5 min of its ~9), and TPE + ASHA's 30 trials spending 20–48 % past the budget (cut
-from the comparison, but run). Hence the default of **11 trials × 4 epochs = 44
-trial-epochs**: 92 min × 44/48, and the CPU step's exact speed-ups of 2026-12-06 (the
-pooling and the evaluation memo, "The CPU step"), predict ~80 min for 3 seeds; measured in
-RESULTS.md. Other jobs on the cores stretch every number.
+from the comparison, but run). Hence the default of **10 trials × 4 epochs = 40
+trial-epochs**: 92 min × 40/48 ≈ 77 min predicted for 3 seeds, a margin of ~15 % for the
+drift seen (later studies ran slower); measured in RESULTS.md. The CPU step's exact
+speed-ups of 2026-12-06 ("The CPU step") leave a trial-epoch's time within its spread and are
+not counted. Other jobs on the cores stretch every number.
 
 Writes `bench_search.parquet` (every epoch result: method, seed, trial, epoch, val/knn_top1,
 spent, …) and `bench_search.png` (anytime curves: mean over seeds, band = lowest to highest
@@ -79,7 +80,7 @@ from study_runner import run_timed  # noqa: E402
 from raysl.search import load_search_spec  # noqa: E402
 from raysl.yamlio import unflatten  # noqa: E402
 
-EPOCHS, TRIALS, SEEDS = 4, 11, 3  # full run: 11 × 4 = 44 trial-epochs per study (sizing above)
+EPOCHS, TRIALS, SEEDS = 4, 10, 3  # full run: 10 × 4 = 40 trial-epochs per study (sizing above)
 CONFIG = {
     "log_every": 1000,
     "data.source": "fashion_mnist",
