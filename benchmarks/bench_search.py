@@ -40,7 +40,7 @@ those per-epoch costs predict: each study's start-up, PBT's 12 processes startin
 (~2.5 min of its ~9), and TPE + ASHA's 30 trials spending 20–48 % past the budget (cut
 from the comparison, but run). Hence the default of **10 trials × 4 epochs = 40
 trial-epochs**: 92 min × 40/48 ≈ 77 min predicted for 3 seeds, a margin of ~15 % for the
-drift seen (later studies ran slower); measured in RESULTS.md. The CPU step's exact
+drift seen (later studies ran slower); measured 2026-12-06: 54.6 min (RESULTS.md). The CPU step's exact
 speed-ups of 2026-12-06 ("The CPU step") leave a trial-epoch's time within its spread and are
 not counted. Other jobs on the cores stretch every number.
 

@@ -1,20 +1,24 @@
-"""2x2 max pooling (stride 2, `ceil_mode`) that is fast on the CPU and exact to PyTorch's.
+"""2x2 max pooling (stride 2, `ceil_mode`) that is faster on the CPU and exact to PyTorch's.
 
 PyTorch's CPU kernel for `max_pool2d` on NCHW tensors is not vectorised: in the ConvNet's
-SimCLR step on Fashion-MNIST (batch 2 x 256, 28 x 28) its three pools took ~16 % of the step,
-18.6 ms for the first alone against 3 ms for the same maximum taken over four strided views
-(`benchmarks/RESULTS.md`, "The CPU step"). `MaxPool2x2` takes that route on CPU tensors in
-NCHW layout and gives results identical to `nn.MaxPool2d(2, ceil_mode=True)`, bit for bit:
+SimCLR step on Fashion-MNIST (batch 2 x 256, 28 x 28) its three pools took ~12 % of the step,
+18.6 ms forward for the first alone (`benchmarks/RESULTS.md`, "The CPU step"). On CPU tensors
+in NCHW layout `MaxPool2x2` instead:
 
-- forward: the maximum is exact whatever the order it is taken in; a NaN wins its window, as
-  in PyTorch's kernel;
-- backward: a window's gradient goes to one element, the first maximum in PyTorch's scan
-  order (row by row) — not shared among ties as `amax` or `torch.maximum` would share it.
-  Ties are common here: a uniform background gives equal activations. Windows do not overlap,
-  so each input element receives its window's gradient or exactly 0, as in PyTorch.
+- takes the maximum over the window's four corners, de-interleaved into contiguous tensors
+  (a maximum is exact in any order): ~3 ms for those values, all that evaluation needs;
+- when a gradient is needed, finds PyTorch's argmax, the *first* maximum in scan order (row
+  by row), with a tournament of strict comparisons (a later corner wins only when greater),
+  as PyTorch's flat indices into (H, W); the backward pass is PyTorch's own
+  `max_pool2d_with_indices_backward` with them, so each window's gradient reaches the same
+  single element (not shared among ties, as `amax` or `torch.maximum` would share it; ties
+  are common: a uniform background gives equal activations);
+- leaves a tensor holding a NaN (or both infinities) to PyTorch's kernel, which decides such
+  windows its own way.
 
-Elsewhere (CUDA, channels-last tensors, `torch.compile` tracing) it is `F.max_pool2d`, whose
-kernels there are already fast.
+Values and gradients are therefore identical to `nn.MaxPool2d(2, ceil_mode=True)`, bit for bit
+(`tests/models/test_pool.py`). Elsewhere (CUDA, channels-last tensors, `torch.compile` tracing)
+it is `F.max_pool2d`, whose kernels there are already vectorised.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 _ARGS = ([2, 2], [2, 2], [0, 0], [1, 1], True)  # kernel, stride, padding, dilation, ceil_mode
 
@@ -64,6 +69,7 @@ class _MaxPool2x2(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # no gradient of the gradient (nothing in raysl asks for one)
     def backward(ctx: Any, grad: Tensor) -> Tensor:
         x, index = ctx.saved_tensors
         return torch.ops.aten.max_pool2d_with_indices_backward(grad, x, *_ARGS, index)
