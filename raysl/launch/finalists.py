@@ -32,6 +32,7 @@ from typing import Any
 
 import ray.tune
 
+from raysl.launch.tune_checkpoints import repair_checkpoints
 from raysl.launch.tune_state import KeepState, repair_state, restorable
 from raysl.launch.tune_tracking import ACTIVE, _error_line, _metrics, commit_epochs, drop_epochs
 from raysl.search import SearchSpec
@@ -114,7 +115,7 @@ def run_finalists(key: str, spec: SearchSpec, storage: str, concurrency: int) ->
     name = f"{spec.name}-finalists"
     experiment = f"{storage.rstrip('/')}/{name}"
     function = trainable(spec, storage, runs=[r["params"] for r in runs])
-    for line in repair_state(experiment):  # raysl.launch.tune_state
+    for line in [*repair_state(experiment), *repair_checkpoints(experiment)]:
         table.note(f"note: {line}")
     if restorable(experiment):
         tuner = ray.tune.Tuner.restore(experiment, function, resume_errored=True)

@@ -45,6 +45,7 @@ from raysl.launch.study_files import (
     trial_config,
     write_leaderboard,
 )
+from raysl.launch.tune_checkpoints import repair_checkpoints
 from raysl.launch.tune_state import KeepState, repair_state, restorable
 from raysl.launch.tune_tracking import (
     ACTIVE,
@@ -149,7 +150,9 @@ def run_study(
         experiment = f"{storage.rstrip('/')}/{spec.name}"
         function = trainable(spec, storage)
         concurrency = spec.tune.max_concurrent or auto_concurrency(spec)
-        repaired = repair_state(experiment) if resume else []  # raysl.launch.tune_state
+        # cut state files, and checkpoints a killed driver's state still names (tune_state,
+        # tune_checkpoints)
+        repaired = [*repair_state(experiment), *repair_checkpoints(experiment)] if resume else []
         restored = resume and restorable(experiment)
         table.start(f", {concurrency} at a time" + (", resumed" if restored else ""))
         for note in [*spec.notes, *repaired]:
