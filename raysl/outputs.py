@@ -2,7 +2,8 @@
 
 `check_output_dir` refuses an output directory that cannot be created or written (a file in
 its place or above it, no write permission, a read-only filesystem), `check_storage` a
-`--storage` whose scheme no filesystem reads, each with one line naming the flag and the fix,
+`--storage` whose scheme no filesystem reads, `check_no_earlier_study` a new study over an
+earlier one's Tune state, each with one line naming the flag and the fix,
 before Ray, MLflow or any file is started or written (the CLI exits 2). Nothing is created to
 find out: the nearest existing directory is asked (`os.access`), so a refused command changes
 nothing on disk.
@@ -76,6 +77,34 @@ def check_storage(storage: str, key: str = "--storage") -> None:
         )
     if scheme.lower() == "file":
         check_output_dir("/" + rest.lstrip("/"), key)
+
+
+def experiment_name(out: Path) -> str:
+    """The Tune experiment of the study in `out` (`raysl.launch.ray_tune`): `out`'s name, as
+    `raysl train` names its run in the storage. Two studies of one search space with
+    different `--out`s on one storage do not share Tune's state; the same `--out` again is a
+    `--resume`."""
+    return Path(out).resolve().name
+
+
+def check_no_earlier_study(storage: str, name: str, out: Path) -> None:
+    """Refuse a new study whose Tune experiment (`<storage>/<name>`) or finalists
+    (`<storage>/<name>-finalists`) already hold Tune's state: an earlier study of that
+    `--out` name, which the new one would mix with (its finalists would be restored, not
+    run). Local storage only; a URI's filesystem is not opened before Ray starts."""
+    if "://" in storage and not storage.lower().startswith("file://"):
+        return
+    root = Path("/" + storage.partition("://")[2].lstrip("/") if "://" in storage else storage)
+    for experiment in (root / name, root / f"{name}-finalists"):
+        if next(experiment.glob("experiment_state-*.json"), None) is not None:
+            raise ConfigError(
+                Problem(
+                    f"{cut(str(experiment), 200)} holds Tune's state of an earlier study; "
+                    f"continue that one with --resume --out {cut(str(out), 120)}, delete "
+                    "the directory, or choose another --out",
+                    key="--out",
+                )
+            )
 
 
 def disk_full(error: BaseException) -> bool:

@@ -40,7 +40,7 @@ _SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 )
 @click.option(
     "--storage",
-    help="Where Tune keeps trials and checkpoints: a path shared by all nodes or a URI (s3://, gs://, file://). Default: the parent of --out.",
+    help="Where Tune keeps trials and checkpoints (in <storage>/<name of --out>): a path shared by all nodes or a URI (s3://, gs://, file://). Default: the parent of --out.",
 )
 @click.option(
     "--tracking-uri",
@@ -112,13 +112,20 @@ def tune(
     if resume:
         check_study_state(out / "study.json")
 
-    from raysl.outputs import check_output_dir, check_storage
+    from raysl.outputs import (
+        check_no_earlier_study,
+        check_output_dir,
+        check_storage,
+        experiment_name,
+    )
     from raysl.tracking import resolve_tracking_uri
     from raysl.tracking.store import sqlite_path
 
     tracking_uri = resolve_tracking_uri(tracking_uri)
     check_output_dir(out, "--out")  # all before Ray, MLflow or any file starts
     check_storage(storage)
+    if not resume:
+        check_no_earlier_study(storage, experiment_name(out), out)
     db = sqlite_path(tracking_uri)
     if db is not None and not db.exists():
         check_output_dir(db.parent, "--tracking-uri")

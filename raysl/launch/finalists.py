@@ -11,7 +11,8 @@ fits run through Ray as a second Tuner over a grid of them (`{"finalist": i}`), 
 study's trainable (`raysl.launch.tune_trials.trainable`, `runs=`), so each fit reserves
 the resources of a trial and as many run at once as the search ran; no searcher, no
 scheduler (every fit runs the full budget), checkpoints and retries as for trials; `Tuner`
-state in `<storage>/<name>-finalists`, which `raysl tune --resume` restores (the fits are
+state in `<storage>/<study>-finalists` (`<study>`: the Tune experiment of the search,
+`raysl.outputs.experiment_name`), which `raysl tune --resume` restores (the fits are
 chosen again from the same trials, the baseline by its MLflow tag; the finalists' MLflow
 runs are found by Tune trial id; a state file Tune left cut short is put back first,
 `raysl.launch.tune_state`); a driver killed once a finalist has started or finished
@@ -90,8 +91,17 @@ def baseline_trial(tracker: Any) -> str | None:
     return None
 
 
-def run_finalists(key: str, spec: SearchSpec, storage: str, concurrency: int) -> None:
-    """Re-run the finalists of the study `ACTIVE[key]` (see the module docstring)."""
+def run_finalists(
+    key: str,
+    spec: SearchSpec,
+    storage: str,
+    concurrency: int,
+    study: str | None = None,
+    resume: bool = True,
+) -> None:
+    """Re-run the finalists of the study `ACTIVE[key]` (see the module docstring); `study`:
+    its Tune experiment's name (default `spec.name`). Only a resumed study restores a
+    finalists experiment it finds (`raysl tune` refuses to start a new study over one)."""
     from raysl.launch.optuna_search import SEARCHERS
     from raysl.launch.tune_trials import trainable
 
@@ -112,12 +122,13 @@ def run_finalists(key: str, spec: SearchSpec, storage: str, concurrency: int) ->
     seeds = spec.tune.finalists.seeds  # type: ignore[union-attr]
     table.note(f"finalists: re-running {names} with {seeds} other seed(s) each ({len(runs)} fits)…")
     table.num_samples += len(runs)
-    name = f"{spec.name}-finalists"
+    name = f"{study or spec.name}-finalists"
     experiment = f"{storage.rstrip('/')}/{name}"
-    function = trainable(spec, storage, runs=[r["params"] for r in runs])
-    for line in [*repair_state(experiment), *repair_checkpoints(experiment)]:
-        table.note(f"note: {line}")
-    if restorable(experiment):
+    function = trainable(spec, storage, runs=[r["params"] for r in runs], name=study)
+    if resume:
+        for line in [*repair_state(experiment), *repair_checkpoints(experiment)]:
+            table.note(f"note: {line}")
+    if resume and restorable(experiment):
         tuner = ray.tune.Tuner.restore(experiment, function, resume_errored=True)
     else:
         tuner = ray.tune.Tuner(

@@ -56,6 +56,7 @@ from raysl.launch.tune_tracking import (
     study_records,
 )
 from raysl.launch.tune_trials import auto_concurrency, scheduler, search_alg, trainable
+from raysl.outputs import experiment_name
 from raysl.search import SearchSpec
 from raysl.search.spec import Pbt
 from raysl.study_console import StudyTable
@@ -79,7 +80,10 @@ def run_study(
     Args:
         out: the local study directory (log, study.json with the MLflow parent run id and the
             Optuna journal, the leaderboard files).
-        storage: where Tune keeps the experiment and trial checkpoints (`<storage>/<name>`).
+        storage: where Tune keeps the experiment and trial checkpoints: `<storage>/<out's
+            name>` (`raysl.outputs.experiment_name`; with the default storage, the parent
+            of `out`, that is `out` itself), the finalists in `<storage>/<out's
+            name>-finalists`.
     """
     import optuna
 
@@ -147,8 +151,9 @@ def run_study(
             )
         )
         ACTIVE[key]["inputs"] = study_records(tracker, spec, resume)
-        experiment = f"{storage.rstrip('/')}/{spec.name}"
-        function = trainable(spec, storage)
+        name = experiment_name(out)
+        experiment = f"{storage.rstrip('/')}/{name}"
+        function = trainable(spec, storage, name=name)
         concurrency = spec.tune.max_concurrent or auto_concurrency(spec)
         # cut state files, and checkpoints a killed driver's state still names (tune_state,
         # tune_checkpoints)
@@ -174,14 +179,14 @@ def run_study(
                         metric=spec.tune.metric,
                         mode=spec.tune.mode,
                         search_alg=searcher,
-                        scheduler=scheduler(spec),
+                        scheduler=scheduler(spec, key),
                         num_samples=spec.tune.num_samples,
                         max_concurrent_trials=concurrency,
                         time_budget_s=spec.tune.time_budget_s,
                         reuse_actors=True,  # no fresh process (and torch import) per trial
                     ),
                     run_config=ray.tune.RunConfig(
-                        name=spec.name,
+                        name=name,
                         storage_path=storage,
                         callbacks=[StudyCallback(key), KeepState()],
                         # PBT clones a donor's checkpoint some time after choosing it: keep all
@@ -201,7 +206,7 @@ def run_study(
                 from raysl.launch.finalists import run_finalists
 
                 merge_results(ACTIVE[key], results, spec)  # trials an earlier driver ran
-                run_finalists(key, spec, storage, concurrency)
+                run_finalists(key, spec, storage, concurrency, name, resume)
             status = "completed"
         except KeyboardInterrupt:
             status = "interrupted"

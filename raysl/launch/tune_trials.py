@@ -1,4 +1,4 @@
-"""The pieces of a study's Tuner: the trainables, the ASHA scheduler, the concurrency.
+"""The pieces of a study's Tuner: the trainables, the scheduler, the concurrency.
 
 A trial with one worker runs `raysl.train.fit` directly inside the Tune trial (a TorchTrainer
 would add ~20 s per trial on a small machine); a trial with several workers launches the
@@ -26,29 +26,30 @@ from raysl.search import SearchSpec
 from raysl.search.spec import Pbt
 
 
-def scheduler(spec: SearchSpec) -> Any:
-    """ASHA over epochs, PBT (`raysl.launch.pbt`), or None where the space sets no scheduler."""
+def scheduler(spec: SearchSpec, key: str | None = None) -> Any:
+    """ASHA over epochs that never stops the baseline trial (`raysl.launch.asha`; `key`: the
+    study's searcher in `SEARCHERS`), PBT (`raysl.launch.pbt`), or None where the space sets
+    no scheduler."""
     if spec.tune.scheduler is None:
         return None
     if isinstance(spec.tune.scheduler, Pbt):
         from raysl.launch.pbt import pbt_scheduler
 
         return pbt_scheduler(spec)
-    from ray.tune.schedulers import ASHAScheduler
+    from raysl.launch.asha import asha_scheduler
 
-    return ASHAScheduler(
-        time_attr="training_iteration",  # one report per epoch: rungs in epochs
-        max_t=spec.base.epochs,
-        grace_period=spec.tune.scheduler.grace_period,
-        reduction_factor=spec.tune.scheduler.reduction_factor,
-    )
+    return asha_scheduler(spec, key)
 
 
-def trainable(spec: SearchSpec, storage: str, runs: list[dict] | None = None) -> Any:
+def trainable(
+    spec: SearchSpec, storage: str, runs: list[dict] | None = None, name: str | None = None
+) -> Any:
     """The Tune trainable of `spec`'s trials, with the resources each trial reserves.
 
     `runs` (finalists, `raysl.launch.finalists`): the trial's config is `{"finalist": i}` and
-    it runs `runs[i]` (searched values and seed) instead."""
+    it runs `runs[i]` (searched values and seed) instead. `name`: the study's Tune experiment
+    (`raysl.outputs.experiment_name`; default `spec.name`), which names a multi-worker trial's
+    Ray Train run in `storage`."""
     r = spec.tune.resources
     extra = {"runs": runs} if runs is not None else {}
     base = spec.base.override(
@@ -60,7 +61,7 @@ def trainable(spec: SearchSpec, storage: str, runs: list[dict] | None = None) ->
         return ray.tune.with_resources(function, {"cpu": r.cpu, "gpu": r.gpu})
     scale = Scale(workers=r.workers, gpus_per_worker=r.gpu, cpus_per_worker=r.cpu)
     function = ray.tune.with_parameters(
-        _ray_train_trial, base=base, storage=storage, name=spec.name, scale=scale, **extra
+        _ray_train_trial, base=base, storage=storage, name=name or spec.name, scale=scale, **extra
     )
     return ray.tune.with_resources(function, _driver_resources())  # the trial only drives
 

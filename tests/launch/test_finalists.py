@@ -152,6 +152,27 @@ def test_ranked_by_the_mean_over_seeds(study: dict) -> None:
     )
 
 
+def test_a_second_study_on_the_same_storage_runs_its_own_finalists(study: dict) -> None:
+    """The same space again with another --out on the same --storage: its own Tune
+    experiments (named by --out), so its finalists run; they were restored from the first
+    study's `<name>-finalists`, and not run, when Tune's experiment took the space's name."""
+    tmp, storage = study["tmp"], study["storage"]
+    first = sorted(p.name for p in (storage / f"{NAME}-finalists").glob("_fit_trial_*"))
+    out = tmp / "runs" / "again"
+    proc = run_cli(
+        "tune", str(tmp / f"{NAME}.yaml"), "--out", str(out), "--storage", str(storage),
+        "--tracking-uri", f"sqlite:///{tmp}/again.db", "-q", cwd=tmp,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reruns = [line for line in proc.stdout.splitlines() if "(finalist) completed" in line]
+    fits = list((storage / "again-finalists").glob("_fit_trial_*"))
+    assert len(reruns) == len(fits) >= TOP * SEEDS, proc.stdout
+    assert sorted(p.name for p in (storage / f"{NAME}-finalists").glob("_fit_trial_*")) == first
+    assert list((storage / "again").glob("experiment_state-*.json"))
+    board = json.loads((out / "leaderboard.json").read_text())
+    assert board[0]["seeds"] == SEEDS + 1  # the winner ranked by its mean over seeds
+
+
 @pytest.mark.parametrize("kill_after", ["RUNNING", "FINISHED"], ids=["started", "finished"])
 def test_killed_driver_resumes_mid_finalists(tmp_path: Path, kill_after: str) -> None:
     """The driver killed (by pid) once the first finalist fit has started, or finished:
