@@ -103,15 +103,6 @@ def _trainable(config: dict) -> None:
         ray.tune.report({"m": config["value"]})
 
 
-@pytest.fixture
-def local_ray():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def _run(tmp: Path, key: str | None, marks: Marks) -> dict[float, int]:
     """Trials of value 9, 8 and 1 (the baseline), one at a time: epochs each ran."""
     import ray.tune

@@ -78,15 +78,6 @@ def _fit(config: dict) -> None:
             )
 
 
-@pytest.fixture
-def local_ray():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 STATE = ("experiment_state-*.json", "search_gen_state-*.json", "basic-variant-state-*.json",
          "searcher-state-*.pkl", "tuner.pkl")  # fmt: skip
 

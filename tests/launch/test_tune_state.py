@@ -14,8 +14,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import pytest
-
 from raysl.launch.tune_state import (
     GOOD,
     keep_good_copies,
@@ -88,15 +86,6 @@ def _fit(config: dict) -> None:
                 {"score": config["x"] * (step + 1)},
                 checkpoint=ray.tune.Checkpoint.from_directory(d),
             )
-
-
-@pytest.fixture
-def local_ray():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def test_a_cut_experiment_state_is_repaired_and_restores_the_study(
